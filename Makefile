@@ -1,0 +1,51 @@
+# The course's commands. Each target creates the virtual environment (.venv) when it is missing.
+#   make lab         start JupyterLab on the course
+#   make test        the full test suite (what CI runs)
+#   make exercises   regenerate exercises/ from solutions/ (FORCE=1 to overwrite edited ones)
+#   make work        copy the exercises to work/ (yours to edit; never overwritten)
+#   make execute     run every notebook into executed/ (git-ignored) with its outputs
+#   make clean-notebooks   strip outputs from the committed notebooks
+#   make lint        ruff over helpers, tests and notebooks
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup lab test exercises work execute clean-notebooks lint benchmark
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=.
+
+test: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m pytest --durations=15
+
+exercises: $(STAMP)
+	$(BIN)/python -m helpers.labs generate $(if $(FORCE),--force,)
+
+work: $(STAMP)
+	$(BIN)/python -m helpers.labs copy
+
+execute: $(STAMP)
+	mkdir -p executed
+	for nb in notebooks/*.ipynb solutions/*.ipynb; do \
+		MPLBACKEND=Agg $(BIN)/jupyter nbconvert --to notebook --execute "$$nb" --output-dir executed || exit 1; \
+	done
+
+clean-notebooks: $(STAMP)
+	$(BIN)/python -m helpers.labs strip
+
+lint: $(STAMP)
+	$(BIN)/ruff check helpers tests scripts notebooks solutions
+
+benchmark: $(STAMP)
+	$(BIN)/python scripts/benchmark.py

@@ -1,0 +1,234 @@
+"""The checks that lab cells call.
+
+Every check runs the learner's function on several fixed-seed random cases and edge cases,
+compares with a reference (often a real PyTorch layer), and either prints one line starting
+with "PASSED" or raises :class:`CheckFailure` (an ``AssertionError``) that says what was
+expected, what came back, and a hint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import count_macs, count_parameters
+
+
+class CheckFailure(AssertionError):
+    """A lab check that did not pass; the message holds the case, expected, got and a hint."""
+
+
+def fail(check: str, case: str, expected: Any, got: Any, hint: str) -> None:
+    """Raise a :class:`CheckFailure` with a uniform, readable message."""
+    raise CheckFailure(f"{check} failed on {case}\n  expected: {expected}\n  got:      {got}\n  hint:     {hint}")
+
+
+def passed(check: str, detail: str) -> None:
+    """Print the one-line pass message of a check."""
+    print(f"PASSED {check}: {detail}")
+
+
+def rel_error(x: np.ndarray, y: np.ndarray) -> float:
+    """Largest elementwise relative error ``|x - y| / max(1e-8, |x| + |y|)`` (CS231n's measure)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y)))) if x.size else 0.0
+
+
+def _call(check: str, case: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Call the learner's function; re-raise NotImplementedError unchanged, wrap other errors."""
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any learner error becomes a check failure with context
+        raise CheckFailure(f"{check}: your function raised {type(error).__name__}: {error}\n  on {case}") from error
+
+
+def _as_int(check: str, case: str, value: Any) -> int:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, (np.integer,)):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        fail(check, case, "an int", f"{value!r} ({type(value).__name__})", "return a whole number, e.g. with int(...)")
+    return value
+
+
+# ----------------------------------------------------------------------------- chapter 00
+
+_LINEAR_CASES = [(784, 300, True), (300, 100, True), (100, 10, True), (7, 3, False), (1, 1, True), (1, 1, False), (64, 64, False)]
+
+_CONV_CASES = [
+    # in, out, kernel, groups, bias
+    (1, 20, 5, 1, True),
+    (20, 50, 5, 1, True),
+    (16, 16, 3, 16, True),  # depthwise
+    (32, 64, 3, 4, False),  # grouped
+    (3, 8, 1, 1, False),  # pointwise
+    (6, 9, (3, 5), 3, True),  # rectangular kernel, groups 3
+]
+
+
+def check_linear_params(fn: Callable[..., int]) -> None:
+    """``fn(in_features, out_features, bias=True)`` must equal ``nn.Linear``'s parameter count."""
+    name = "check_linear_params"
+    for fan_in, fan_out, bias in _LINEAR_CASES:
+        case = f"linear_params({fan_in}, {fan_out}, bias={bias})"
+        expected = count_parameters(nn.Linear(fan_in, fan_out, bias=bias))
+        got = _as_int(name, case, _call(name, case, fn, fan_in, fan_out, bias=bias))
+        if got != expected:
+            hint = "a Linear layer has a weight of shape (out, in) and, with bias, one bias per output"
+            fail(name, case, expected, got, hint)
+    passed(name, f"{len(_LINEAR_CASES)} layers match nn.Linear exactly, with and without bias")
+
+
+def check_conv2d_params(fn: Callable[..., int]) -> None:
+    """``fn(in_channels, out_channels, kernel_size, groups=1, bias=True)`` must equal ``nn.Conv2d``'s count."""
+    name = "check_conv2d_params"
+    for c_in, c_out, k, groups, bias in _CONV_CASES:
+        case = f"conv2d_params({c_in}, {c_out}, kernel_size={k}, groups={groups}, bias={bias})"
+        expected = count_parameters(nn.Conv2d(c_in, c_out, k, groups=groups, bias=bias))
+        got = _as_int(name, case, _call(name, case, fn, c_in, c_out, k, groups=groups, bias=bias))
+        if got != expected:
+            hint = (
+                "weight shape is (out, in / groups, kh, kw); kernel_size may be an int or a (kh, kw) pair; bias adds one per output channel"
+            )
+            fail(name, case, expected, got, hint)
+    passed(name, f"{len(_CONV_CASES)} layers (plain, depthwise, grouped, 1x1, rectangular) match nn.Conv2d exactly")
+
+
+def check_linear_macs(fn: Callable[..., int]) -> None:
+    """``fn(in_features, out_features, batch=1)`` must equal the hook count on a real ``nn.Linear``."""
+    name = "check_linear_macs"
+    cases = [(784, 300, 1), (300, 100, 1), (100, 10, 32), (5, 7, 3), (1, 1, 1)]
+    for fan_in, fan_out, batch in cases:
+        case = f"linear_macs({fan_in}, {fan_out}, batch={batch})"
+        expected = count_macs(nn.Linear(fan_in, fan_out), (batch, fan_in))
+        got = _as_int(name, case, _call(name, case, fn, fan_in, fan_out, batch=batch))
+        if got != expected:
+            fail(
+                name, case, expected, got, "each of the batch x out outputs needs in_features multiply-accumulates; bias adds are not MACs"
+            )
+    passed(name, f"{len(cases)} cases equal the forward-hook count")
+
+
+def check_conv2d_macs(fn: Callable[..., int]) -> None:
+    """``fn(in_channels, out_channels, kernel_size, height, width, stride=1, padding=0, groups=1)`` for one image."""
+    name = "check_conv2d_macs"
+    cases = [
+        # in, out, k, h, w, stride, padding, groups
+        (1, 20, 5, 28, 28, 1, 0, 1),
+        (20, 50, 5, 12, 12, 1, 0, 1),
+        (3, 16, 3, 32, 32, 2, 1, 1),
+        (16, 16, 3, 15, 17, 1, 1, 16),  # depthwise, odd sizes
+        (32, 64, 3, 9, 9, 2, 0, 4),  # grouped, stride that does not divide evenly
+        (8, 8, 1, 7, 7, 1, 0, 1),
+        (4, 6, 5, 5, 5, 1, 0, 2),  # a single output position
+        (2, 4, 5, 10, 11, 2, 0, 1),  # (H - k) / s = 2.5: floor, not round
+        (6, 12, 3, 14, 14, 3, 0, 1),  # (H - k) / s = 3.67
+    ]
+    for c_in, c_out, k, h, w, stride, padding, groups in cases:
+        case = f"conv2d_macs({c_in}, {c_out}, kernel_size={k}, height={h}, width={w}, stride={stride}, padding={padding}, groups={groups})"
+        layer = nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding, groups=groups)
+        expected = count_macs(layer, (1, c_in, h, w))
+        got = _as_int(name, case, _call(name, case, fn, c_in, c_out, k, h, w, stride=stride, padding=padding, groups=groups))
+        if got != expected:
+            out_h = (h + 2 * padding - k) // stride + 1
+            hint = (
+                f"the output is {out_h} pixels high here: floor((H + 2*padding - k) / stride) + 1; "
+                "each output value costs (in_channels / groups) * k * k MACs"
+            )
+            fail(name, case, expected, got, hint)
+    passed(name, f"{len(cases)} cases (stride, padding, groups, depthwise) equal the forward-hook count")
+
+
+def check_linear_forward(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> None:
+    """``fn(x, W, b)`` must return ``relu(x @ W.T + b)`` like ``torch.relu(nn.Linear)``, in numpy."""
+    name = "check_linear_forward"
+    rng = np.random.default_rng(0)
+    worst_abs = 0.0
+    shapes = [(4, 6, 3), (1, 5, 5), (8, 16, 16), (3, 784, 300)]  # square cases catch a missing transpose
+    for batch, fan_in, fan_out in shapes:
+        x = rng.standard_normal((batch, fan_in)).astype(np.float32)
+        weight = rng.standard_normal((fan_out, fan_in)).astype(np.float32)
+        bias = rng.standard_normal(fan_out).astype(np.float32)
+        case = f"x {x.shape}, W {weight.shape}, b {bias.shape}"
+        expected = torch.relu(torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias))).numpy()
+        got = _call(name, case, fn, x.copy(), weight.copy(), bias.copy())
+        got = np.asarray(got)
+        if got.shape != expected.shape:
+            fail(name, case, f"shape {expected.shape}", f"shape {got.shape}", "W has shape (out, in): multiply x by W transposed")
+        if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+            hint = "compute x @ W.T + b, then ReLU (max with 0); check the transpose, the bias and the ReLU"
+            fail(name, case, f"values like {expected.ravel()[:4]}", f"{got.ravel()[:4]}", hint)
+        worst_abs = max(worst_abs, float(np.abs(got - expected).max()))
+    passed(name, f"{len(shapes)} cases match PyTorch; largest absolute difference {worst_abs:.1e} (float32 rounding)")
+
+
+class _ScriptedClock:
+    """A fake ``perf_counter`` whose successive calls return scripted times (seconds)."""
+
+    def __init__(self, durations_s: list[float]) -> None:
+        self.now = 0.0
+        self.durations = list(durations_s)
+        self.calls_to_fn = 0
+        self.started = False
+
+    def timer(self) -> float:
+        return self.now
+
+    def workload(self, _x: Any) -> None:
+        duration = self.durations[self.calls_to_fn] if self.calls_to_fn < len(self.durations) else 1.0
+        self.now += duration
+        self.calls_to_fn += 1
+
+
+def check_measure_latency(fn: Callable[..., tuple[float, float]]) -> None:
+    """``fn(f, x, repeats, warmup, timer)`` must skip warm-up and return (median ms, IQR ms) of ``repeats`` calls.
+
+    The check drives ``fn`` with a scripted clock, so it is exact and independent of this machine.
+    """
+    name = "check_measure_latency"
+    cases = [
+        # warm-up calls are slow (first-call costs), timed ones vary, one outlier
+        ([0.5, 0.2] + [0.010, 0.012, 0.011, 0.013, 0.009, 0.100, 0.010, 0.011], 8, 2),
+        ([0.3] + [0.002, 0.004, 0.003, 0.005, 0.001], 5, 1),
+        ([0.007] * 6, 6, 0),
+        ([1.0, 1.0, 1.0] + [0.020, 0.021, 0.019, 0.500], 4, 3),
+    ]
+    for durations, repeats, warmup in cases:
+        clock = _ScriptedClock(durations)
+        case = f"repeats={repeats}, warmup={warmup}, call durations (s) {durations}"
+        got = _call(name, case, fn, clock.workload, None, repeats=repeats, warmup=warmup, timer=clock.timer)
+        timed_ms = np.array(durations[warmup : warmup + repeats]) * 1e3
+        expected = (float(np.median(timed_ms)), float(np.subtract(*np.percentile(timed_ms, [75, 25]))))
+        if clock.calls_to_fn != repeats + warmup:
+            fail(
+                name,
+                case,
+                f"{repeats + warmup} calls of f",
+                f"{clock.calls_to_fn} calls",
+                "call f warmup times untimed, then repeats times timed",
+            )
+        try:
+            median, iqr = (float(v) for v in got)
+        except (TypeError, ValueError):
+            fail(name, case, "a pair (median_ms, iqr_ms)", repr(got), "return median and interquartile range as two numbers")
+        if not np.isclose(median, expected[0], rtol=1e-6, atol=1e-9):
+            hint = "median (not mean, not min) of the timed calls only, in milliseconds (seconds x 1000)"
+            fail(name, case, f"median {expected[0]:.4f} ms", f"{median:.4f}", hint)
+        if not np.isclose(iqr, expected[1], rtol=1e-6, atol=1e-9):
+            fail(
+                name,
+                case,
+                f"IQR {expected[1]:.4f} ms",
+                f"{iqr:.4f}",
+                "IQR = 75th minus 25th percentile (np.percentile's default interpolation), in ms",
+            )
+    passed(name, f"{len(cases)} scripted-clock cases: warm-up skipped, median and IQR exact")

@@ -1,0 +1,296 @@
+"""The scorecard: parameters, nonzeros, bytes on disk, MACs, latency and compression ratio.
+
+Sizes are bytes really serialized (``torch.save`` into memory, or a file's size), never
+"parameters x 4". MACs are multiply-accumulates of Linear and Conv layers counted with forward
+hooks on a real forward pass. Latency is the median over repeated timed calls after warm-up,
+with a fixed thread count, plus its spread (interquartile range).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+# ----------------------------------------------------------------------------- counting
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters (weights and biases) of ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_nonzero(model: nn.Module) -> int:
+    """Number of parameters that are not exactly zero (what pruning reduces)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+
+
+def serialized_size(obj: Any, compress: bool = False) -> int:
+    """Bytes on disk of ``obj``.
+
+    - ``nn.Module``: its ``state_dict`` written by ``torch.save`` (into memory; the bytes equal a
+      file named ``archive.pt``: torch.save's zip archive prefixes each entry with the file's stem,
+      so other names differ by a few bytes per tensor);
+    - ``str`` / ``Path``: the size of that file;
+    - ``bytes``: its length; a numpy array: the bytes of ``np.save``;
+    - anything else ``torch.save`` accepts (a tensor, a dict of tensors, ...): what it writes.
+
+    ``compress=True`` returns the size after gzip (level 9) instead, which shows how much a
+    general-purpose compressor finds to squeeze (e.g. the zeros of a pruned model).
+    """
+    if isinstance(obj, (str, Path)):
+        path = Path(obj)
+        if not path.is_file():
+            raise FileNotFoundError(f"obj names no file: {path}")
+        data = path.read_bytes()
+    elif isinstance(obj, (bytes, bytearray)):
+        data = bytes(obj)
+    elif isinstance(obj, np.ndarray):
+        buffer = io.BytesIO()
+        np.save(buffer, obj, allow_pickle=False)
+        data = buffer.getvalue()
+    else:
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        data = buffer.getvalue()
+    if compress:
+        return len(gzip.compress(data, compresslevel=9, mtime=0))
+    return len(data)
+
+
+def compression_ratio(before: float, after: float) -> float:
+    """``before / after`` (e.g. bytes of the baseline over bytes of the compressed model); both > 0."""
+    if not before > 0 or not after > 0:
+        raise ValueError(f"before and after must be > 0, got before={before!r}, after={after!r}")
+    return before / after
+
+
+def mac_table(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """MACs of each Linear / Conv1d / Conv2d / Conv3d layer for one forward pass on zeros of ``input_shape``.
+
+    ``input_shape`` includes the batch dimension, e.g. ``(1, 1, 28, 28)``; the counts are for
+    the whole batch. A Linear layer costs ``in_features`` MACs per output value; a convolution
+    costs ``in_channels / groups * prod(kernel_size)`` MACs per output value (so depthwise and
+    grouped convolutions are counted right). Bias additions, activations and pooling are not
+    counted. Layers called twice are counted twice.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    shape = tuple(input_shape)
+    if len(shape) < 2 or any((not isinstance(s, int)) or s < 1 for s in shape):
+        raise ValueError(f"input_shape must be positive ints including the batch dimension, e.g. (1, 1, 28, 28); got {input_shape!r}")
+    counts: dict[str, int] = {}
+    handles = []
+
+    def hook(name: str) -> Callable:
+        def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if isinstance(module, nn.Linear):
+                macs = output.numel() * module.in_features
+            else:
+                per_output = module.in_channels // module.groups * int(np.prod(module.kernel_size))
+                macs = output.numel() * per_output
+            counts[name] = counts.get(name, 0) + int(macs)
+
+        return count
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            handles.append(module.register_forward_hook(hook(name)))
+    try:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+        dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(shape, device=device, dtype=dtype))
+        model.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Total multiply-accumulates of one forward pass (see :func:`mac_table`).
+
+    LeNet-300-100 at ``(1, 1, 28, 28)``: 266,200; LeNet-5: 2,293,000.
+    """
+    return sum(mac_table(model, input_shape).values())
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+@dataclass
+class Latency:
+    """Timings of repeated calls, in milliseconds."""
+
+    median_ms: float
+    iqr_ms: float
+    p25_ms: float
+    p75_ms: float
+    min_ms: float
+    threads: int
+    times_ms: list[float] = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.median_ms:.3f} ms (IQR {self.iqr_ms:.3f} ms, {len(self.times_ms)} repeats, {self.threads} threads)"
+
+
+def measure_latency(
+    model: Callable[[Any], Any],
+    x: Any,
+    repeats: int = 50,
+    warmup: int = 10,
+    threads: int | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+) -> Latency:
+    """Time ``model(x)``: ``warmup`` untimed calls, then ``repeats`` timed calls; median and IQR.
+
+    ``model`` is any callable (an ``nn.Module`` is run in eval mode under ``torch.inference_mode``).
+    ``threads`` fixes torch's intra-op thread count during the measurement (restored afterwards);
+    ``None`` keeps the current setting. Compare latencies only within one run on one machine,
+    as ratios: absolute numbers move with the machine and its load.
+    """
+    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    was_training = getattr(model, "training", False)
+    if isinstance(model, nn.Module):
+        model.eval()
+    times = []
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            for _ in range(repeats):
+                start = timer()
+                model(x)
+                times.append((timer() - start) * 1e3)
+    finally:
+        torch.set_num_threads(previous_threads)
+        if isinstance(model, nn.Module):
+            model.train(was_training)
+    p25, median, p75 = np.percentile(times, [25, 50, 75])
+    return Latency(
+        median_ms=float(median),
+        iqr_ms=float(p75 - p25),
+        p25_ms=float(p25),
+        p75_ms=float(p75),
+        min_ms=float(min(times)),
+        threads=threads if threads is not None else previous_threads,
+        times_ms=times,
+    )
+
+
+# ----------------------------------------------------------------------------- scorecard
+
+
+class Scorecard(list):
+    """Rows of :func:`scorecard` (dicts); prints as a side-by-side table."""
+
+    COLUMNS = (
+        ("name", "model", "{}"),
+        ("accuracy", "accuracy", "{:.2%}"),
+        ("params", "params", "{:,}"),
+        ("nonzeros", "nonzeros", "{:,}"),
+        ("bytes", "bytes on disk", "{:,}"),
+        ("size_ratio", "x smaller", "{:.2f}x"),
+        ("macs", "MACs", "{:,}"),
+        ("latency_ms", "latency (ms)", "{:.3f}"),
+        ("latency_iqr_ms", "IQR (ms)", "{:.3f}"),
+    )
+
+    def table(self) -> str:
+        """A plain-text table, one row per model."""
+        header = [title for _, title, _ in self.COLUMNS]
+        body = [[fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in self.COLUMNS] for row in self]
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+        lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))) for r in [header, *body]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def _repr_markdown_(self) -> str:
+        header = [title for _, title, _ in self.COLUMNS]
+        rows = [[fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in self.COLUMNS] for row in self]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+
+
+def scorecard(
+    models: Mapping[str, nn.Module],
+    data: tuple[torch.Tensor, torch.Tensor],
+    input_shape: Sequence[int] = (1, 1, 28, 28),
+    latency_batch: int = 256,
+    repeats: int = 30,
+    warmup: int = 5,
+    threads: int | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Scorecard:
+    """One row per model: accuracy, params, nonzeros, bytes on disk, MACs, latency, size ratio.
+
+    Args:
+        models: name -> model (on the CPU).
+        data: ``(x_test, y_test)`` for accuracy; the first ``latency_batch`` images time the model.
+        input_shape: shape (with batch dimension) for the MAC count.
+        overrides: name -> {column: value} replacing measured columns, e.g. ``{"bytes": ...}`` for a
+            model stored in a custom format (its real file size) or ``{"macs": ...}`` for a sparse one.
+
+    ``size_ratio`` is the first row's bytes divided by each row's bytes.
+    """
+    from .train import evaluate
+
+    if not models:
+        raise ValueError("models is empty")
+    if not isinstance(latency_batch, int) or latency_batch < 1:
+        raise ValueError(f"latency_batch must be a positive int, got {latency_batch!r}")
+    overrides = overrides or {}
+    unknown = set(overrides) - set(models)
+    if unknown:
+        raise ValueError(f"overrides name models that are not in models: {sorted(unknown)}")
+    x, y = data
+    batch = x[:latency_batch]
+    rows = Scorecard()
+    for name, model in models.items():
+        latency = measure_latency(model, batch, repeats=repeats, warmup=warmup, threads=threads)
+        row = {
+            "name": name,
+            "accuracy": evaluate(model, (x, y)),
+            "params": count_parameters(model),
+            "nonzeros": count_nonzero(model),
+            "bytes": serialized_size(model),
+            "macs": count_macs(model, input_shape),
+            "latency_ms": latency.median_ms,
+            "latency_iqr_ms": latency.iqr_ms,
+        }
+        row.update(overrides.get(name, {}))
+        rows.append(row)
+    for row in rows:
+        row["size_ratio"] = compression_ratio(rows[0]["bytes"], row["bytes"])
+    return rows

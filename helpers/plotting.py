@@ -1,0 +1,151 @@
+"""The shared figure styles: weight histograms, matrix heatmaps and the accuracy-vs-bytes Pareto plot."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+
+COURSE_STYLE = {
+    "figure.figsize": (6.4, 4.0),
+    "figure.dpi": 100,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "legend.frameon": False,
+}
+
+
+def use_course_style() -> None:
+    """Apply the course's matplotlib defaults (called by :func:`helpers.setup`)."""
+    matplotlib.rcParams.update(COURSE_STYLE)
+
+
+def _as_numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _axes(ax: Axes | None) -> Axes:
+    return ax if ax is not None else plt.subplots()[1]
+
+
+def weight_histogram(
+    weights: np.ndarray | torch.Tensor,
+    ax: Axes | None = None,
+    bins: int = 100,
+    title: str = "Weight distribution",
+    drop_zeros: bool = False,
+    log: bool = False,
+    label: str | None = None,
+) -> Axes:
+    """Histogram of the values of a weight tensor (any shape).
+
+    ``drop_zeros`` hides exact zeros (pruned weights would otherwise dwarf the rest); ``log``
+    uses a log count axis.
+    """
+    values = _as_numpy(weights).ravel()
+    if values.size == 0:
+        raise ValueError("weights is empty")
+    if drop_zeros:
+        values = values[values != 0]
+    ax = _axes(ax)
+    ax.hist(values, bins=bins, log=log, alpha=0.8, label=label)
+    ax.set_xlabel("weight value")
+    ax.set_ylabel("count (log)" if log else "count")
+    ax.set_title(title)
+    if label is not None:
+        ax.legend()
+    return ax
+
+
+def matrix_heatmap(
+    matrix: np.ndarray | torch.Tensor,
+    ax: Axes | None = None,
+    title: str = "Matrix",
+    annotate: bool | None = None,
+    fmt: str = "{:.2f}",
+    cmap: str = "RdBu_r",
+    xlabel: str = "input (column)",
+    ylabel: str = "output (row)",
+) -> Axes:
+    """A 2-d array (e.g. a weight matrix or a mask) as a heatmap, with values written in the cells.
+
+    Values are written when ``annotate`` is True, or by default when the matrix has at most
+    16x16 entries. A boolean mask is drawn in grey levels (kept = dark).
+    """
+    data = _as_numpy(matrix)
+    if data.ndim != 2:
+        raise ValueError(f"matrix must be 2-d, got shape {data.shape}")
+    if data.size == 0:
+        raise ValueError("matrix is empty")
+    ax = _axes(ax)
+    if data.dtype == bool:
+        image = ax.imshow(data.astype(float), cmap="Greys", vmin=0, vmax=1)
+    else:
+        bound = float(np.abs(data).max()) or 1.0
+        image = ax.imshow(data, cmap=cmap, vmin=-bound, vmax=bound)
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if annotate is None:
+        annotate = data.shape[0] <= 16 and data.shape[1] <= 16
+    if annotate:
+        for (row, col), value in np.ndenumerate(data):
+            text = str(int(value)) if data.dtype == bool else fmt.format(value)
+            ax.text(col, row, text, ha="center", va="center", fontsize=7, color="tab:orange" if data.dtype == bool else "black")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(False)
+    return ax
+
+
+def pareto_front(rows: Sequence[Mapping]) -> list[Mapping]:
+    """The rows no other row beats on both axes (higher ``accuracy`` and fewer ``bytes``), sorted by bytes."""
+    ordered = sorted(rows, key=lambda r: (r["bytes"], -r["accuracy"]))
+    front: list[Mapping] = []
+    best = -np.inf
+    for row in ordered:
+        if row["accuracy"] > best:
+            front.append(row)
+            best = row["accuracy"]
+    return front
+
+
+def pareto_plot(
+    rows: Sequence[Mapping],
+    ax: Axes | None = None,
+    title: str = "Accuracy vs size on disk",
+    front: bool = True,
+) -> Axes:
+    """Accuracy (%) against bytes on disk (log x) for rows with ``name``, ``accuracy`` (0..1), ``bytes``.
+
+    Rows may be the dicts of :func:`helpers.metrics.scorecard`. Each chapter adds its points; the
+    dashed line joins the Pareto front (the best accuracy reachable at each size).
+    """
+    if not rows:
+        raise ValueError("rows is empty")
+    for row in rows:
+        missing = {"name", "accuracy", "bytes"} - set(row)
+        if missing:
+            raise ValueError(f"each row needs name, accuracy and bytes; {row!r} lacks {sorted(missing)}")
+    ax = _axes(ax)
+    for row in rows:
+        ax.scatter(row["bytes"], 100 * row["accuracy"], s=40, zorder=3)
+        ax.annotate(row["name"], (row["bytes"], 100 * row["accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    if front and len(rows) > 1:
+        best = pareto_front(rows)
+        ax.plot([r["bytes"] for r in best], [100 * r["accuracy"] for r in best], "k--", alpha=0.5, label="Pareto front")
+        ax.legend(loc="lower right")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes on disk (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    return ax

@@ -1,0 +1,71 @@
+"""helpers.setup, the cache folder and the shared plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+import helpers
+from helpers import plotting
+
+
+def test_setup_seeds_threads_and_returns_device(capsys: pytest.CaptureFixture) -> None:
+    before = torch.get_num_threads()
+    try:
+        device = helpers.setup(seed=5, threads=1)
+        assert device.type in {"cpu", "cuda"} and torch.get_num_threads() == 1
+        a = (np.random.rand(), torch.rand(1).item())
+        helpers.setup(seed=5, threads=1, verbose=False)
+        assert (np.random.rand(), torch.rand(1).item()) == a
+        out = capsys.readouterr().out
+        assert "torch 2.13.0" in out and "threads: 1" in out
+        assert matplotlib.rcParams["axes.grid"] is True
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kwargs", [{"seed": -1}, {"seed": 1.5}, {"threads": 0}, {"threads": "2"}])
+def test_setup_validates(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        helpers.setup(verbose=False, **kwargs)
+
+
+def test_cache_dir_honours_the_environment(tmp_cache: Path) -> None:
+    assert helpers.cache_dir() == tmp_cache and tmp_cache.is_dir()
+
+
+def test_weight_histogram_and_heatmap_label_their_axes() -> None:
+    ax = plotting.weight_histogram(torch.randn(50, 20), drop_zeros=True, log=True)
+    assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+    ax = plotting.matrix_heatmap(np.arange(12.0).reshape(3, 4) - 6)
+    assert len(ax.texts) == 12 and ax.get_xlabel() and ax.get_ylabel()
+    ax = plotting.matrix_heatmap(np.eye(3, dtype=bool))
+    assert [t.get_text() for t in ax.texts][:3] == ["1", "0", "0"]
+    assert len(plotting.matrix_heatmap(np.zeros((40, 40))).texts) == 0  # too big to annotate by default
+    plt.close("all")
+    with pytest.raises(ValueError, match="2-d"):
+        plotting.matrix_heatmap(np.zeros(3))
+    with pytest.raises(ValueError, match="empty"):
+        plotting.weight_histogram(np.array([]))
+
+
+def test_pareto_front_and_plot() -> None:
+    rows = [
+        {"name": "big", "accuracy": 0.97, "bytes": 1_000_000},
+        {"name": "dominated", "accuracy": 0.90, "bytes": 2_000_000},
+        {"name": "small", "accuracy": 0.95, "bytes": 100_000},
+        {"name": "tiny", "accuracy": 0.80, "bytes": 10_000},
+    ]
+    assert [r["name"] for r in plotting.pareto_front(rows)] == ["tiny", "small", "big"]
+    ax = plotting.pareto_plot(rows)
+    assert ax.get_xscale() == "log" and "bytes" in ax.get_xlabel() and "accuracy" in ax.get_ylabel()
+    plt.close("all")
+    with pytest.raises(ValueError, match="lacks"):
+        plotting.pareto_plot([{"name": "x", "accuracy": 0.5}])
+    with pytest.raises(ValueError, match="empty"):
+        plotting.pareto_plot([])
