@@ -69,3 +69,20 @@ def test_pareto_front_and_plot() -> None:
         plotting.pareto_plot([{"name": "x", "accuracy": 0.5}])
     with pytest.raises(ValueError, match="empty"):
         plotting.pareto_plot([])
+
+
+def test_prediction_explorer_draws_and_builds() -> None:
+    import ipywidgets
+
+    from helpers import widgets
+    from helpers.models import LeNet300
+
+    x, y = torch.rand(5, 1, 28, 28), torch.arange(5)
+    fig = widgets.draw_predictions({"a": LeNet300(), "b": LeNet300()}, x, y, 3)
+    assert len(fig.axes) == 3 and all(ax.get_title() for ax in fig.axes)
+    assert fig.axes[1].get_ylabel() == "probability"
+    plt.close("all")
+    assert isinstance(widgets.prediction_explorer({"a": LeNet300()}, x, y), ipywidgets.Widget)
+    plt.close("all")
+    with pytest.raises(ValueError, match="index"):
+        widgets.draw_predictions({"a": LeNet300()}, x, y, 5)

@@ -1,0 +1,61 @@
+"""ipywidgets explorers used in the lectures.
+
+Each explorer returns a widget to display in JupyterLab; its drawing function is also exposed
+(``draw_*``) so that it can be called and tested without a browser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+
+def draw_predictions(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, index: int) -> Figure:
+    """The test image ``x[index]`` (shape (N, 1, 28, 28)) and each model's softmax probabilities for it."""
+    if not models:
+        raise ValueError("models is empty")
+    if not 0 <= index < len(x):
+        raise ValueError(f"index must be in [0, {len(x) - 1}], got {index}")
+    fig, axes = plt.subplots(1, 1 + len(models), figsize=(3.2 * (1 + len(models)), 2.8))
+    axes[0].imshow(x[index, 0].numpy(), cmap="gray_r")
+    axes[0].set_title(f"test image {index}, label {int(y[index])}")
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    for ax, (name, model) in zip(axes[1:], models.items()):
+        model.eval()
+        with torch.no_grad():
+            probs = torch.softmax(model(x[index : index + 1]), dim=1)[0]
+        colors = ["tab:green" if d == int(y[index]) else "tab:blue" for d in range(10)]
+        ax.bar(range(10), probs.numpy(), color=colors)
+        ax.set_xticks(range(10))
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("digit (green: true label)")
+        ax.set_ylabel("probability")
+        ax.set_title(f"{name}: predicts {int(probs.argmax())}")
+    fig.tight_layout()
+    return fig
+
+
+def prediction_explorer(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor) -> widgets.Widget:
+    """A slider over the test images that shows each model's predicted probabilities."""
+    slider = widgets.IntSlider(value=0, min=0, max=len(x) - 1, description="image", continuous_update=False)
+    wrong_only = widgets.Checkbox(value=False, description="only images some model gets wrong")
+    with torch.no_grad():
+        wrong = torch.zeros(len(x), dtype=torch.bool)
+        for model in models.values():
+            wrong |= model.eval()(x).argmax(1) != y
+    wrong_indices = torch.nonzero(wrong).flatten().tolist()
+
+    def show(index: int, only_wrong: bool) -> None:
+        if only_wrong and wrong_indices:
+            index = wrong_indices[index % len(wrong_indices)]
+        draw_predictions(models, x, y, index)
+        plt.show()
+
+    output = widgets.interactive_output(show, {"index": slider, "only_wrong": wrong_only})
+    return widgets.VBox([widgets.HBox([slider, wrong_only]), output])
