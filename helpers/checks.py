@@ -232,3 +232,195 @@ def check_measure_latency(fn: Callable[..., tuple[float, float]]) -> None:
                 "IQR = 75th minus 25th percentile (np.percentile's default interpolation), in ms",
             )
     passed(name, f"{len(cases)} scripted-clock cases: warm-up skipped, median and IQR exact")
+
+
+# ----------------------------------------------------------------------------- chapter 01: pruning
+
+
+def _mask_cases() -> list[tuple[str, np.ndarray, float]]:
+    rng = np.random.default_rng(1)
+    return [
+        ("random 6x7 at 0.5", rng.standard_normal((6, 7)), 0.5),
+        ("random 30x20 at 0.9", rng.standard_normal((30, 20)), 0.9),
+        ("ties: [3, 1, 2, 1, 1, 4] at 0.3 (three 1s tie, two are pruned)", np.array([3.0, 1, 2, 1, 1, 4]), 0.3),
+        ("ties with signs: [-2, 2, -2, 2, 1] at 0.4", np.array([-2.0, 2, -2, 2, 1]), 0.4),
+        ("all equal 4x4 at 0.25", np.ones((4, 4)), 0.25),
+        ("zeros and values at 0.5", np.array([[0.0, 0.0, 5.0], [0.0, -1.0, 0.0]]), 0.5),
+        ("sparsity 0 keeps all", rng.standard_normal(10), 0.0),
+        ("sparsity 1 prunes all", rng.standard_normal(10), 1.0),
+        ("size 5 at 0.5: round(2.5) = 2", np.array([5.0, 4, 3, 2, 1]), 0.5),
+        ("3-d tensor 2x3x4 at 0.3", rng.standard_normal((2, 3, 4)), 0.3),
+    ]
+
+
+def check_magnitude_mask(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
+    """``fn(w, sparsity)`` -> boolean mask pruning round(sparsity*size) smallest |w|, lower index first on ties."""
+    from .pruning import magnitude_mask
+
+    name = "check_magnitude_mask"
+    cases = _mask_cases()
+    for case, w, sparsity in cases:
+        expected = magnitude_mask(w, sparsity)
+        got = np.asarray(_call(name, case, fn, w.copy(), sparsity))
+        if got.shape != w.shape:
+            fail(name, case, f"shape {w.shape}", f"shape {got.shape}", "return a mask with the shape of w")
+        if got.dtype != bool:
+            fail(name, case, "dtype bool", f"dtype {got.dtype}", "return a boolean mask (True = keep)")
+        if int((~got).sum()) != int((~expected).sum()):
+            fail(
+                name,
+                case,
+                f"{int((~expected).sum())} pruned",
+                f"{int((~got).sum())} pruned",
+                "prune exactly k = round(sparsity * w.size) entries, even when values tie",
+            )
+        if not np.array_equal(got, expected):
+            fail(
+                name,
+                case,
+                expected.astype(int).tolist(),
+                got.astype(int).tolist(),
+                "prune the smallest |w|; among equal |w| prune the lower flat index first (a stable sort)",
+            )
+    passed(name, f"{len(cases)} cases incl. ties, all-equal, zeros, sparsity 0 and 1")
+
+
+def check_global_masks(fn: Callable[[dict, float], dict]) -> None:
+    """``fn(weights_dict, sparsity)`` -> dict of masks with one magnitude threshold across all layers."""
+    from .pruning import global_magnitude_masks
+
+    name = "check_global_masks"
+    rng = np.random.default_rng(2)
+    cases = [
+        (
+            "layers with different scales",
+            {"a": rng.standard_normal((8, 5)) * 0.1, "b": rng.standard_normal((4, 6)), "c": rng.standard_normal(7) * 3},
+            0.6,
+        ),
+        ("a tie across layers", {"a": np.array([1.0, 2.0, 3.0]), "b": np.array([2.0, 5.0, 1.0])}, 0.5),
+        ("one layer", {"only": rng.standard_normal((5, 5))}, 0.3),
+    ]
+    for case, weights, sparsity in cases:
+        expected = global_magnitude_masks(weights, sparsity)
+        got = _call(name, case, fn, {k: v.copy() for k, v in weights.items()}, sparsity)
+        if not isinstance(got, dict) or set(got) != set(weights):
+            fail(name, case, f"a dict with keys {sorted(weights)}", repr(type(got)), "return {layer name: mask}")
+        for layer in weights:
+            if not np.array_equal(np.asarray(got[layer]), expected[layer]):
+                hint = (
+                    "rank all |w| of all layers together (one threshold); ties: earlier layer (dict order), then lower index, pruned first"
+                )
+                fail(
+                    name,
+                    f"{case}, layer {layer!r}",
+                    expected[layer].astype(int).tolist(),
+                    np.asarray(got[layer]).astype(int).tolist(),
+                    hint,
+                )
+    passed(name, f"{len(cases)} cases: one global threshold, ties across layers resolved in order")
+
+
+def check_gradual_sparsity(fn: Callable[..., float]) -> None:
+    """``fn(step, final_sparsity, begin_step, end_step, initial_sparsity)`` must follow Zhu & Gupta's cubic schedule."""
+    from .pruning import gradual_sparsity
+
+    name = "check_gradual_sparsity"
+    cases = [(s, 0.9, 10, 110, 0.0) for s in (0, 10, 11, 35, 60, 85, 109, 110, 500)] + [(s, 0.8, 0, 4, 0.2) for s in range(6)]
+    for step, final, begin, end, initial in cases:
+        case = f"step={step}, final={final}, begin={begin}, end={end}, initial={initial}"
+        expected = gradual_sparsity(step, final, begin, end, initial)
+        got = _call(name, case, fn, step, final, begin, end, initial)
+        if not np.isclose(float(got), expected, atol=1e-9):
+            hint = "s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))**3 between begin and end; s_i before, s_f after"
+            fail(name, case, f"{expected:.6f}", f"{float(got):.6f}", hint)
+    passed(name, f"{len(cases)} steps, before / during / after the ramp, match the cubic schedule")
+
+
+def check_csr_encode(fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    """``fn(dense)`` -> ``(values, col_idx, row_ptr)`` of the CSR format."""
+    from .pruning import csr_encode
+
+    name = "check_csr_encode"
+    rng = np.random.default_rng(3)
+    dense = rng.standard_normal((6, 9)) * (rng.random((6, 9)) < 0.3)
+    dense[2] = 0.0  # an empty row
+    cases = [
+        ("a 6x9 matrix with an empty row", dense),
+        ("all zeros 3x4", np.zeros((3, 4))),
+        ("dense 2x3", np.arange(1.0, 7.0).reshape(2, 3)),
+        ("one nonzero in the last row", np.pad(np.array([[7.0]]), ((4, 0), (2, 0)))),
+    ]
+    for case, a in cases:
+        ref = csr_encode(a)
+        got = _call(name, case, fn, a.copy())
+        try:
+            values, col_idx, row_ptr = (np.asarray(v) for v in got)
+        except (TypeError, ValueError):
+            fail(name, case, "a tuple (values, col_idx, row_ptr)", repr(got), "return the three arrays")
+        if len(row_ptr) != a.shape[0] + 1 or not np.array_equal(row_ptr, ref.row_ptr):
+            fail(
+                name,
+                case,
+                ref.row_ptr.tolist(),
+                row_ptr.tolist(),
+                "row_ptr has rows + 1 entries, starts at 0; row r owns values[row_ptr[r]:row_ptr[r+1]]",
+            )
+        if not np.array_equal(col_idx, ref.col_idx):
+            fail(
+                name,
+                case,
+                ref.col_idx.tolist(),
+                col_idx.tolist(),
+                "store the column of each nonzero, row by row (row-major order), not its row",
+            )
+        if not np.allclose(values, ref.values):
+            fail(name, case, ref.values.tolist(), values.tolist(), "store the nonzero values in row-major order")
+    passed(name, f"{len(cases)} matrices incl. an empty row, all zeros and fully dense")
+
+
+def check_sensitivity_scan(fn: Callable[..., dict], model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """``fn(model, data, sparsities)`` -> {layer: [accuracy at each sparsity]}, pruning one layer at a time, model untouched."""
+    import copy
+
+    from .pruning import apply_masks, magnitude_mask, prunable_weights
+    from .train import evaluate
+
+    name = "check_sensitivity_scan"
+    sparsities = [0.0, 0.5, 0.9]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = _call(name, "sparsities [0.0, 0.5, 0.9]", fn, model, data, sparsities)
+    for key, value in model.state_dict().items():
+        if not torch.equal(value, before[key]):
+            fail(
+                name,
+                "the model after the scan",
+                "unchanged weights",
+                f"{key} was modified",
+                "prune a deep copy (copy.deepcopy) for each layer and sparsity, never the model itself",
+            )
+    expected = {}
+    for layer in prunable_weights(model):
+        accs = []
+        for s in sparsities:
+            m = copy.deepcopy(model)
+            apply_masks(m, {layer: magnitude_mask(prunable_weights(m)[layer].detach(), s)})
+            accs.append(evaluate(m, data))
+        expected[layer] = accs
+    if not isinstance(got, dict) or set(got) != set(expected):
+        fail(
+            name,
+            "the layers scanned",
+            sorted(expected),
+            sorted(got) if isinstance(got, dict) else repr(got),
+            "one entry per prunable layer (Linear/Conv2d weight)",
+        )
+    for layer in expected:
+        if not np.allclose(np.asarray(got[layer], dtype=float), expected[layer], atol=1e-6):
+            fail(
+                name,
+                f"layer {layer!r}",
+                [round(a, 4) for a in expected[layer]],
+                list(got[layer]),
+                "prune only this layer at each sparsity, starting from the original weights each time",
+            )
+    passed(name, f"{len(expected)} layers x {len(sparsities)} sparsities match; the model is unchanged")

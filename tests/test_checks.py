@@ -50,6 +50,111 @@ def measure(f, x, repeats=50, warmup=10, timer=time.perf_counter):
     return med, p75 - p25
 
 
+def magnitude_mask(w, s):
+    from helpers.pruning import magnitude_mask as ref
+
+    return ref(w, s)
+
+
+def wrong_threshold_mask(w, s):  # prunes every entry tied with the k-th smallest
+    k = round(s * w.size)
+    if k == 0:
+        return np.ones(w.shape, dtype=bool)
+    threshold = np.sort(np.abs(w).ravel())[k - 1]
+    return np.abs(w) > threshold
+
+
+def wrong_floor_mask(w, s):  # int() instead of round()
+    a = np.abs(w).ravel()
+    mask = np.ones(a.size, dtype=bool)
+    mask[np.argsort(a, kind="stable")[: int(s * a.size)]] = False
+    return mask.reshape(w.shape)
+
+
+def wrong_tie_mask(w, s):  # among ties prunes the higher index first
+    a = np.abs(w).ravel()[::-1]
+    mask = np.ones(a.size, dtype=bool)
+    mask[np.argsort(a, kind="stable")[: round(s * a.size)]] = False
+    return mask[::-1].reshape(w.shape)
+
+
+def global_masks(weights, s):
+    from helpers.pruning import global_magnitude_masks
+
+    return global_magnitude_masks(weights, s)
+
+
+def gradual(step, final, begin, end, initial=0.0):
+    from helpers.pruning import gradual_sparsity
+
+    return gradual_sparsity(step, final, begin, end, initial)
+
+
+def _gradual_power(power):
+    def schedule(step, final, begin, end, initial=0.0):
+        t = min(max((step - begin) / (end - begin), 0.0), 1.0)
+        return final + (initial - final) * (1 - t) ** power
+
+    return schedule
+
+
+def csr(dense):
+    from helpers.pruning import csr_encode
+
+    c = csr_encode(dense)
+    return c.values, c.col_idx, c.row_ptr
+
+
+def csc_instead(dense):
+    values, rows, ptr = csr(dense.T)
+    return values, rows, ptr
+
+
+def sensitivity(model, data, sparsities):
+    import copy
+
+    from helpers.pruning import apply_masks, magnitude_mask, prunable_weights
+    from helpers.train import evaluate
+
+    out = {}
+    for layer in prunable_weights(model):
+        out[layer] = []
+        for s in sparsities:
+            m = copy.deepcopy(model)
+            apply_masks(m, {layer: magnitude_mask(prunable_weights(m)[layer].detach(), s)})
+            out[layer].append(evaluate(m, data))
+    return out
+
+
+def sensitivity_in_place(model, data, sparsities):
+    from helpers.pruning import apply_masks, magnitude_mask, prunable_weights
+    from helpers.train import evaluate
+
+    out = {}
+    for layer in prunable_weights(model):
+        out[layer] = []
+        for s in sparsities:
+            apply_masks(model, {layer: magnitude_mask(prunable_weights(model)[layer].detach(), s)})
+            out[layer].append(evaluate(model, data))
+    return out
+
+
+def sensitivity_cumulative(model, data, sparsities):
+    import copy
+
+    from helpers.pruning import apply_masks, magnitude_mask, prunable_weights
+    from helpers.train import evaluate
+
+    m = copy.deepcopy(model)
+    out = {}
+    for layer in prunable_weights(m):
+        out[layer] = []
+        for s in sparsities:
+            apply_masks(m, {layer: magnitude_mask(prunable_weights(m)[layer].detach(), s)})
+            out[layer].append(evaluate(m, data))
+    return out
+
+
 def blank(*args, **kwargs):
     raise NotImplementedError()
 
@@ -118,7 +223,80 @@ WRONG: dict[str, tuple[Callable, list[Callable]]] = {
             lambda f, x, repeats=50, warmup=10, timer=time.perf_counter: (measure(f, x, repeats, warmup, timer)[0], 0.0),  # no spread
         ],
     ),
+    "check_magnitude_mask": (
+        magnitude_mask,
+        [
+            wrong_threshold_mask,
+            wrong_floor_mask,
+            wrong_tie_mask,
+            lambda w, s: ~magnitude_mask(-np.abs(w), 1 - s) if 0 < s < 1 else magnitude_mask(w, s),  # prunes the largest
+            lambda w, s: magnitude_mask(w, s).astype(np.float32),  # not boolean
+        ],
+    ),
+    "check_global_masks": (
+        global_masks,
+        [
+            lambda weights, s: {k: magnitude_mask(v, s) for k, v in weights.items()},  # per-layer, not global
+            lambda weights, s: dict(
+                zip(
+                    weights,
+                    [
+                        wrong_tie_mask(np.concatenate([v.ravel() for v in weights.values()]), s)[a:b].reshape(v.shape)
+                        for v, a, b in _slices(weights)
+                    ],
+                )
+            ),  # ties: later layer first
+        ],
+    ),
+    "check_gradual_sparsity": (
+        gradual,
+        [
+            _gradual_power(1),
+            _gradual_power(2),
+            lambda step, final, begin, end, initial=0.0: final * min(max((step - begin) / (end - begin), 0), 1) ** 3,
+        ],
+    ),
+    "check_csr_encode": (
+        csr,
+        [
+            csc_instead,
+            lambda d: (csr(d)[0], csr(d)[1], csr(d)[2][1:]),  # row_ptr without its leading 0
+            lambda d: (csr(d)[0], np.nonzero(d)[0], csr(d)[2]),  # row indices stored instead of columns
+        ],
+    ),
+    "check_sensitivity_scan": (sensitivity, [sensitivity_in_place, sensitivity_cumulative]),
 }
+
+EXTRA_ARGS: dict[str, Callable[[], tuple]] = {}
+
+
+def _sensitivity_args() -> tuple:
+    import torch
+
+    from helpers.models import LeNet300
+
+    torch.manual_seed(0)
+    model = LeNet300()
+    x = torch.rand(64, 1, 28, 28)
+    # Labels the model mostly gets right, so that pruning visibly changes accuracy.
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, (x, y)
+
+
+EXTRA_ARGS["check_sensitivity_scan"] = _sensitivity_args
+
+
+def _slices(weights):
+    start = 0
+    for v in weights.values():
+        yield v, start, start + v.size
+        start += v.size
+
+
+def _run(name: str, fn: Callable) -> None:
+    extra = EXTRA_ARGS[name]() if name in EXTRA_ARGS else ()
+    getattr(checks, name)(fn, *extra)
 
 
 def _mean_instead(f, x, repeats, warmup, timer):
@@ -134,20 +312,20 @@ def _mean_instead(f, x, repeats, warmup, timer):
 
 @pytest.mark.parametrize("name", sorted(WRONG))
 def test_check_passes_the_reference(name: str, capsys: pytest.CaptureFixture) -> None:
-    getattr(checks, name)(WRONG[name][0])
+    _run(name, WRONG[name][0])
     assert capsys.readouterr().out.startswith(f"PASSED {name}")
 
 
 @pytest.mark.parametrize("name", sorted(WRONG))
 def test_check_rejects_the_blank(name: str) -> None:
     with pytest.raises(NotImplementedError):
-        getattr(checks, name)(blank)
+        _run(name, blank)
 
 
 @pytest.mark.parametrize(("name", "index"), [(n, i) for n in sorted(WRONG) for i in range(len(WRONG[n][1]))])
 def test_check_rejects_a_plausible_wrong_answer(name: str, index: int) -> None:
     with pytest.raises(checks.CheckFailure) as error:
-        getattr(checks, name)(WRONG[name][1][index])
+        _run(name, WRONG[name][1][index])
     message = str(error.value)
     assert "expected" in message and "got" in message and "hint" in message
 
