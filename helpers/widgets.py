@@ -59,3 +59,44 @@ def prediction_explorer(models: Mapping[str, nn.Module], x: torch.Tensor, y: tor
 
     output = widgets.interactive_output(show, {"index": slider, "only_wrong": wrong_only})
     return widgets.VBox([widgets.HBox([slider, wrong_only]), output])
+
+
+def draw_pruning(model: nn.Module, layer: str, sparsity: float, data: tuple[torch.Tensor, torch.Tensor], corner: int = 20) -> Figure:
+    """One-shot magnitude pruning of ``layer`` at ``sparsity``: the kept weights' histogram, the mask's
+    top-left ``corner`` x ``corner`` block, and the test accuracy of the pruned copy (no fine-tuning)."""
+    import copy
+
+    from .plotting import matrix_heatmap, weight_histogram
+    from .pruning import apply_masks, magnitude_mask, prunable_weights
+    from .train import evaluate
+
+    weights = prunable_weights(model)
+    if layer not in weights:
+        raise ValueError(f"layer must be one of {sorted(weights)}, got {layer!r}")
+    pruned = copy.deepcopy(model)
+    mask = magnitude_mask(prunable_weights(pruned)[layer].detach(), sparsity)
+    apply_masks(pruned, {layer: mask})
+    accuracy = evaluate(pruned, data)
+    weight = prunable_weights(pruned)[layer].detach().flatten(1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    weight_histogram(weight, ax=left, drop_zeros=True, title=f"{layer}: kept weights at sparsity {sparsity:.0%}")
+    matrix_heatmap(mask.flatten(1)[:corner, :corner], ax=right, annotate=False, title=f"mask, top-left {corner}x{corner} (dark = kept)")
+    fig.suptitle(f"test accuracy after pruning {layer} alone, no fine-tuning: {accuracy:.2%}")
+    fig.tight_layout()
+    return fig
+
+
+def pruning_explorer(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> widgets.Widget:
+    """A sparsity slider and a layer menu over :func:`draw_pruning`."""
+    from .pruning import prunable_weights
+
+    layers = list(prunable_weights(model))
+    sparsity = widgets.FloatSlider(value=0.9, min=0.0, max=0.99, step=0.01, description="sparsity", continuous_update=False)
+    layer = widgets.Dropdown(options=layers, value=layers[0], description="layer")
+
+    def show(layer: str, sparsity: float) -> None:
+        draw_pruning(model, layer, sparsity, data)
+        plt.show()
+
+    output = widgets.interactive_output(show, {"layer": layer, "sparsity": sparsity})
+    return widgets.VBox([widgets.HBox([layer, sparsity]), output])

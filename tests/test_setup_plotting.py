@@ -86,3 +86,22 @@ def test_prediction_explorer_draws_and_builds() -> None:
     plt.close("all")
     with pytest.raises(ValueError, match="index"):
         widgets.draw_predictions({"a": LeNet300()}, x, y, 5)
+
+
+def test_pruning_explorer_draws_and_builds() -> None:
+    import ipywidgets
+
+    from helpers import widgets
+    from helpers.models import LeNet300
+
+    torch.manual_seed(0)
+    model = LeNet300()
+    x, y = torch.rand(20, 1, 28, 28), torch.randint(0, 10, (20,))
+    fig = widgets.draw_pruning(model, "fc2", 0.8, (x, y))
+    assert "accuracy" in fig._suptitle.get_text() and all(ax.get_title() for ax in fig.axes[:2])
+    assert float((model.fc2.weight == 0).float().mean()) == 0.0  # the model itself is untouched
+    plt.close("all")
+    assert isinstance(widgets.pruning_explorer(model, (x, y)), ipywidgets.Widget)
+    plt.close("all")
+    with pytest.raises(ValueError, match="layer must be one of"):
+        widgets.draw_pruning(model, "fc9", 0.5, (x, y))
