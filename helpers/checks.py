@@ -424,3 +424,193 @@ def check_sensitivity_scan(fn: Callable[..., dict], model: nn.Module, data: tupl
                 "prune only this layer at each sparsity, starting from the original weights each time",
             )
     passed(name, f"{len(expected)} layers x {len(sparsities)} sparsities match; the model is unchanged")
+
+
+# ----------------------------------------------------------------------------- chapter 02: structured pruning
+
+
+def check_nm_mask(fn: Callable[..., np.ndarray]) -> None:
+    """``fn(w, n, m)`` -> boolean mask keeping the n largest |w| of every m consecutive entries along the last axis."""
+    from .pruning import nm_mask
+
+    name = "check_nm_mask"
+    rng = np.random.default_rng(4)
+    cases = [
+        ("random 6x16, 2:4", rng.standard_normal((6, 16)), 2, 4),
+        ("random 3x24, 1:4", rng.standard_normal((3, 24)), 1, 4),
+        ("random 4x16, 2:8", rng.standard_normal((4, 16)), 2, 8),
+        ("ties: [[1, 1, 1, 1, 2, 2, 0, 0]], 2:4", np.array([[1.0, 1, 1, 1, 2, 2, 0, 0]]), 2, 4),
+        ("signs: [[-5, 1, 2, -3]], 2:4", np.array([[-5.0, 1, 2, -3]]), 2, 4),
+        ("a tall matrix 4x8 (groups run along rows, not columns)", rng.standard_normal((4, 8)), 2, 4),
+    ]
+    for case, w, n, m in cases:
+        expected = nm_mask(w, n, m)
+        got = np.asarray(_call(name, case, fn, w.copy(), n, m))
+        if got.shape != w.shape or got.dtype != bool:
+            fail(name, case, f"a bool mask of shape {w.shape}", f"{got.dtype} of shape {got.shape}", "return a boolean mask shaped like w")
+        if not np.array_equal(got, expected):
+            hint = (
+                "groups of m consecutive entries along the last axis (w.reshape(-1, m)); "
+                "keep the n largest |w|; ties: lower index pruned first"
+            )
+            fail(name, case, expected.astype(int).tolist(), got.astype(int).tolist(), hint)
+    try:
+        fn(np.ones((2, 6)), 2, 4)
+    except ValueError:
+        pass
+    except NotImplementedError:
+        raise
+    except Exception as error:  # noqa: BLE001
+        fail(
+            name,
+            "w of shape (2, 6) with m = 4",
+            "ValueError",
+            f"{type(error).__name__}: {error}",
+            "raise ValueError when the last axis is not divisible by m",
+        )
+    else:
+        fail(name, "w of shape (2, 6) with m = 4", "ValueError", "no error", "raise ValueError when the last axis is not divisible by m")
+    passed(name, f"{len(cases)} cases incl. ties and 1:4 / 2:8, and a clear error for an indivisible axis")
+
+
+def check_top_filters(fn: Callable[..., torch.Tensor]) -> None:
+    """``fn(weight, keep, norm)`` -> sorted indices (LongTensor) of the ``keep`` output channels of highest L1/L2 norm."""
+    from .pruning import channel_scores, top_channels
+
+    name = "check_top_filters"
+    torch.manual_seed(5)
+    tied = torch.tensor([[1.0, -1.0], [3.0, 0.0], [0.5, 0.5], [-1.0, 1.0]])
+    l1_vs_l2 = torch.tensor([[3.0, 0.0, 0.0], [1.2, 1.2, 1.2], [0.1, 0.1, 0.1]])  # L1 prefers row 1, L2 row 0
+    cases = [
+        ("conv weight (8, 4, 3, 3), keep 3, l1", torch.randn(8, 4, 3, 3), 3, "l1"),
+        ("conv weight (6, 10, 5, 5), keep 5, l2", torch.randn(6, 10, 5, 5), 5, "l2"),
+        ("linear weight (12, 7), keep 4, l1", torch.randn(12, 7), 4, "l1"),
+        ("ties: rows 0 and 3 have equal L1 norm, keep 2, l1", tied, 2, "l1"),
+        ("L1 and L2 disagree, keep 1, l1", l1_vs_l2, 1, "l1"),
+        ("L1 and L2 disagree, keep 1, l2", l1_vs_l2, 1, "l2"),
+    ]
+    for case, weight, keep, norm in cases:
+        expected = top_channels(channel_scores(weight, norm), keep)
+        got = _call(name, case, fn, weight.clone(), keep, norm)
+        got = torch.as_tensor(got)
+        if got.tolist() != expected.tolist():
+            hint = (
+                "score each OUTPUT channel (dim 0) by the L1 (sum |w|) or L2 (sqrt of sum w^2) norm of all its weights; "
+                "keep the largest; ties: lower index kept; return the indices sorted ascending"
+            )
+            fail(name, case, expected.tolist(), got.tolist(), hint)
+    passed(name, f"{len(cases)} cases: conv and linear weights, L1 and L2, ties")
+
+
+def _pair_reference(conv: nn.Conv2d, successor: nn.Module, keep: torch.Tensor, x: torch.Tensor, spatial: int | None) -> torch.Tensor:
+    """Output of conv -> ReLU -> (flatten) -> successor with the dropped channels of conv zeroed."""
+    import copy
+
+    zeroed = copy.deepcopy(conv)
+    drop = torch.ones(conv.out_channels, dtype=torch.bool)
+    drop[keep] = False
+    with torch.no_grad():
+        zeroed.weight[drop] = 0
+        if zeroed.bias is not None:
+            zeroed.bias[drop] = 0
+        h = torch.relu(zeroed(x))
+        return successor(h.flatten(1) if spatial else h)
+
+
+def check_shrink_conv_pair(fn: Callable[..., tuple[nn.Module, nn.Module]]) -> None:
+    """``fn(conv, next_conv, keep)`` -> (smaller conv, smaller next_conv) computing the same as zeroing the dropped filters."""
+    name = "check_shrink_conv_pair"
+    torch.manual_seed(6)
+    cases = [
+        ("conv 3->8 (3x3), next 8->5 (3x3), keep [0, 2, 5, 7]", nn.Conv2d(3, 8, 3), nn.Conv2d(8, 5, 3), torch.tensor([0, 2, 5, 7])),
+        ("conv 1->20 (5x5), next 20->50 (5x5), keep 10 filters", nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5), torch.arange(0, 20, 2)),
+        ("padded 3x3 convs, keep 1 filter", nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1), torch.tensor([3])),
+    ]
+    for case, conv, successor, keep in cases:
+        x = torch.randn(2, conv.in_channels, 16, 16)
+        expected = _pair_reference(conv, successor, keep, x, None)
+        originals = [t.clone() for t in (conv.weight, conv.bias, successor.weight, successor.bias)]
+        got = _call(name, case, fn, conv, successor, keep)
+        try:
+            small, small_next = got
+        except (TypeError, ValueError):
+            fail(name, case, "a pair (new conv, new next conv)", repr(got), "return both new layers")
+        if not isinstance(small, nn.Conv2d) or not isinstance(small_next, nn.Conv2d):
+            fail(name, case, "two nn.Conv2d", f"{type(small).__name__}, {type(small_next).__name__}", "build new nn.Conv2d layers")
+        if small.out_channels != len(keep) or small_next.in_channels != len(keep):
+            fail(
+                name,
+                case,
+                f"out_channels {len(keep)} and next in_channels {len(keep)}",
+                f"{small.out_channels} and {small_next.in_channels}",
+                "the first layer loses output channels (dim 0 of its weight), the next loses the same input channels (dim 1)",
+            )
+        for before, after in zip(originals, (conv.weight, conv.bias, successor.weight, successor.bias)):
+            if not torch.equal(before, after):
+                fail(name, case, "the original layers unchanged", "they were modified", "copy the kept slices into new layers")
+        with torch.no_grad():
+            out = small_next(torch.relu(small(x)))
+        if out.shape != expected.shape or not torch.allclose(out, expected, atol=1e-5):
+            fail(
+                name,
+                case,
+                "the same output as zeroing the dropped filters",
+                f"max difference {(out - expected).abs().max():.3g}" if out.shape == expected.shape else f"shape {tuple(out.shape)}",
+                "copy weight[keep] and bias[keep] of the first conv, weight[:, keep] and the whole bias of the next",
+            )
+    passed(name, f"{len(cases)} pairs: smaller layers, same function as the zeroed original")
+
+
+def check_shrink_conv_linear(fn: Callable[..., tuple[nn.Module, nn.Module]]) -> None:
+    """``fn(conv, linear, keep, spatial)``: drop conv filters and the ``spatial`` flattened features each fed the linear layer."""
+    name = "check_shrink_conv_linear"
+    torch.manual_seed(7)
+    cases = [
+        ("conv 20->50, 4x4 output, fc 800->500, keep 25", nn.Conv2d(20, 50, 5), nn.Linear(800, 500), torch.arange(0, 50, 2), 16),
+        ("conv 3->6, 2x2 output, fc 24->7, keep [1, 4]", nn.Conv2d(3, 6, 3), nn.Linear(24, 7), torch.tensor([1, 4]), 4),
+        ("conv 2->5, 3x3 output, fc 45->3, keep [0, 1, 4]", nn.Conv2d(2, 5, 1), nn.Linear(45, 3), torch.tensor([0, 1, 4]), 9),
+    ]
+    for case, conv, linear, keep, spatial in cases:
+        side = int(round(spatial**0.5)) + conv.kernel_size[0] - 1  # input side giving a sqrt(spatial) output
+        x = torch.randn(3, conv.in_channels, side, side)
+        expected = _pair_reference(conv, linear, keep, x, spatial)
+        got = _call(name, case, fn, conv, linear, keep, spatial)
+        try:
+            small, small_linear = got
+            with torch.no_grad():
+                out = small_linear(torch.relu(small(x)).flatten(1))
+        except NotImplementedError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            fail(
+                name,
+                case,
+                "layers that run: conv -> ReLU -> flatten -> linear",
+                f"{type(error).__name__}: {error}",
+                f"the linear layer keeps len(keep) * spatial = {len(keep) * spatial} input features",
+            )
+        if not torch.allclose(out, expected, atol=1e-5):
+            fail(
+                name,
+                case,
+                "the same output as zeroing the dropped filters",
+                f"max difference {(out - expected).abs().max():.3g}",
+                "flattening puts channel c's features at c*spatial ... c*spatial + spatial - 1; keep those columns of the linear weight",
+            )
+    passed(name, f"{len(cases)} conv -> flatten -> linear pairs shrunk with the right feature columns")
+
+
+def check_lenet5_macs(fn: Callable[[int, int, int], int]) -> None:
+    """``fn(c1, c2, hidden)`` -> MACs of a LeNet-5 with c1 / c2 filters and ``hidden`` fc1 neurons, one 28x28 image."""
+    from .models import LeNet5
+
+    name = "check_lenet5_macs"
+    cases = [(20, 50, 500), (10, 25, 250), (12, 20, 200), (1, 1, 1), (7, 33, 100)]
+    for c1, c2, hidden in cases:
+        case = f"lenet5_macs({c1}, {c2}, {hidden})"
+        expected = count_macs(LeNet5(channels=(c1, c2), hidden=hidden), (1, 1, 28, 28))
+        got = _as_int(name, case, _call(name, case, fn, c1, c2, hidden))
+        if got != expected:
+            hint = "conv1: c1*24*24*25; conv2 sees c1 channels: c2*8*8*(c1*25); fc1 has c2*4*4 inputs; fc2 has hidden inputs"
+            fail(name, case, expected, got, hint)
+    passed(name, f"{len(cases)} widths match the hook count, the full model included")

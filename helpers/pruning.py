@@ -436,3 +436,33 @@ def relative_index_decode(values: np.ndarray, gaps: np.ndarray, size: int) -> np
 def relative_index_nbytes(n_entries: int, bits: int, value_bits: int = 32) -> int:
     """Bytes of ``n_entries`` (value, gap) pairs packed at ``value_bits + bits`` bits each, rounded up."""
     return (n_entries * (value_bits + bits) + 7) // 8
+
+
+# ----------------------------------------------------------------------------- N:M storage
+
+
+def nm_pack(w: Array, n: int = 2, m: int = 4) -> tuple[np.ndarray, bytes]:
+    """Compressed N:M storage of a 2-d weight (out, in): the ``n`` kept values of every group of ``m``
+    along ``in`` (shape (out, in * n / m)) and their positions in the group, ``ceil(log2 m)`` bits
+    each, bit-packed. This is the layout sparse tensor cores read (values + 2-bit metadata for 2:4)."""
+    a = _to_numpy(w)
+    if a.ndim != 2:
+        raise ValueError(f"w must be 2-d (out, in), got shape {a.shape}; flatten a conv weight to (out, kh*kw*in) first")
+    keep = _to_numpy(nm_mask(a, n, m)).reshape(-1, m)
+    groups = a.reshape(-1, m)
+    positions = np.nonzero(keep)[1].reshape(-1, n)  # row-major nonzero: ascending position within each group
+    values = np.take_along_axis(groups, positions, axis=1).reshape(a.shape[0], -1)
+    bits = max(1, int(np.ceil(np.log2(m))))
+    bit_matrix = ((positions.reshape(-1, 1) >> np.arange(bits - 1, -1, -1)) & 1).astype(np.uint8)
+    return values, np.packbits(bit_matrix.ravel()).tobytes()
+
+
+def nm_unpack(values: np.ndarray, index_bytes: bytes, shape: tuple[int, int], n: int = 2, m: int = 4) -> np.ndarray:
+    """The dense (out, in) matrix back from :func:`nm_pack`."""
+    bits = max(1, int(np.ceil(np.log2(m))))
+    groups = shape[0] * shape[1] // m
+    stream = np.unpackbits(np.frombuffer(index_bytes, dtype=np.uint8))[: groups * n * bits].reshape(-1, bits)
+    positions = (stream * (1 << np.arange(bits - 1, -1, -1))).sum(1).reshape(groups, n)
+    dense = np.zeros((groups, m), dtype=values.dtype)
+    np.put_along_axis(dense, positions, values.reshape(groups, n), axis=1)
+    return dense.reshape(shape)

@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import checks
+from helpers import pruning as P
 
 # ----------------------------------------------------------------------------- reference answers
 
@@ -155,6 +157,57 @@ def sensitivity_cumulative(model, data, sparsities):
     return out
 
 
+def nm_mask_ref(w, n, m):
+    from helpers.pruning import nm_mask
+
+    return nm_mask(w, n, m)
+
+
+def nm_mask_reversed_ties(w, n, m):
+    return nm_mask_ref(w[:, ::-1].copy(), n, m)[:, ::-1] if w.shape[-1] % m == 0 else nm_mask_ref(w, n, m)
+
+
+def nm_mask_no_error(w, n, m):
+    if w.shape[-1] % m:
+        return np.ones(w.shape, dtype=bool)
+    return nm_mask_ref(w, n, m)
+
+
+def top_filters_ref(w, keep, norm="l1"):
+    return P.top_channels(P.channel_scores(w, norm), keep)
+
+
+def top_filters_reversed_ties(w, keep, norm="l1"):
+    flipped = P.top_channels(P.channel_scores(w.flip(0), norm), keep)
+    return torch.sort(w.shape[0] - 1 - flipped).values
+
+
+def shrink_pair_without_bias(c, s, keep):
+    small, small_next = P.shrink_pair(c, s, keep)
+    with torch.no_grad():
+        small.bias.copy_(c.bias[: len(keep)])
+    return small, small_next
+
+
+def shrink_pair_in_place(c, s, keep):  # zeroes the original's dropped filters
+    with torch.no_grad():
+        dropped = [i for i in range(c.out_channels) if i not in set(keep.tolist())]
+        c.weight[dropped] = 0
+    return P.shrink_pair(c, s, keep)
+
+
+def _linear_cols(lin, columns):
+    new = torch.nn.Linear(len(columns), lin.out_features)
+    with torch.no_grad():
+        new.weight.copy_(lin.weight[:, columns])
+        new.bias.copy_(lin.bias)
+    return new
+
+
+def lenet5_macs_ref(c1, c2, hidden):
+    return c1 * 24 * 24 * 25 + c2 * 8 * 8 * c1 * 25 + c2 * 16 * hidden + hidden * 10
+
+
 def blank(*args, **kwargs):
     raise NotImplementedError()
 
@@ -266,6 +319,62 @@ WRONG: dict[str, tuple[Callable, list[Callable]]] = {
     ),
     "check_sensitivity_scan": (sensitivity, [sensitivity_in_place, sensitivity_cumulative]),
 }
+
+WRONG.update(
+    {
+        "check_nm_mask": (
+            nm_mask_ref,
+            [
+                lambda w, n, m: nm_mask_ref(w.T.copy(), n, m).T if w.shape[0] % m == 0 else nm_mask_ref(w, n, m),  # groups along columns
+                lambda w, n, m: ~nm_mask_ref(w, m - n, m) if w.shape[-1] % m == 0 else nm_mask_ref(w, n, m),  # keeps the smallest
+                nm_mask_reversed_ties,
+                nm_mask_no_error,
+            ],
+        ),
+        "check_top_filters": (
+            top_filters_ref,
+            [
+                lambda w, keep, norm="l1": (
+                    top_filters_ref(w.transpose(0, 1).contiguous(), keep, norm) if w.shape[1] >= keep else top_filters_ref(w, keep, norm)
+                ),  # input axis
+                lambda w, keep, norm="l1": top_filters_ref(w, keep, "l2" if norm == "l1" else "l1"),  # wrong norm
+                lambda w, keep, norm="l1": torch.argsort(
+                    w.flatten(1).abs().sum(1) if norm == "l1" else w.flatten(1).norm(dim=1), descending=True
+                )[:keep],  # unsorted
+                top_filters_reversed_ties,
+            ],
+        ),
+        "check_shrink_conv_pair": (
+            lambda c, s, keep: P.shrink_pair(c, s, keep),
+            [
+                shrink_pair_without_bias,
+                lambda c, s, keep: (P.shrink_outputs(c, keep), s),  # successor untouched
+                shrink_pair_in_place,
+            ],
+        ),
+        "check_shrink_conv_linear": (
+            lambda c, lin, keep, spatial: P.shrink_pair(c, lin, keep, positions=spatial),
+            [
+                lambda c, lin, keep, spatial: (
+                    P.shrink_outputs(c, keep),
+                    P.shrink_inputs(lin, torch.arange(len(keep) * spatial)),
+                ),  # first columns
+                lambda c, lin, keep, spatial: (
+                    P.shrink_outputs(c, keep),
+                    _linear_cols(lin, (keep[None, :] + len(keep) * torch.arange(spatial)[:, None]).flatten()),
+                ),  # interleaved
+            ],
+        ),
+        "check_lenet5_macs": (
+            lenet5_macs_ref,
+            [
+                lambda c1, c2, h: lenet5_macs_ref(c1, c2, h) - c2 * 64 * 25 * c1 + c2 * 64 * 25 * 20,  # conv2 still sees 20 channels
+                lambda c1, c2, h: c1 * 24 * 24 * 25 + c2 * 24 * 24 * c1 * 25 + c2 * 16 * h + h * 10,  # conv2 on the unpooled size
+                lambda c1, c2, h: lenet5_macs_ref(c1, c2, h) - c2 * 16 * h + 800 * h,  # fc1 inputs unchanged
+            ],
+        ),
+    }
+)
 
 EXTRA_ARGS: dict[str, Callable[[], tuple]] = {}
 

@@ -184,3 +184,18 @@ def test_relative_index_with_fillers() -> None:
         P.relative_index_encode(flat, 0)
     with pytest.raises(ValueError, match="beyond size"):
         P.relative_index_decode(values, gaps, 20)
+
+
+def test_nm_pack_round_trip_and_size() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((50, 800)).astype(np.float32)
+    values, index_bytes = P.nm_pack(w, 2, 4)
+    assert values.shape == (50, 400) and len(index_bytes) == 50 * 200 * 2 * 2 // 8
+    dense = P.nm_unpack(values, index_bytes, w.shape, 2, 4)
+    assert np.array_equal(dense, w * P.nm_mask(w, 2, 4))
+    # fp32 2:4 storage: 2 values (8 B) + 4 bits of positions per group of 4 (16 B dense)
+    assert (values.nbytes + len(index_bytes)) / w.nbytes == pytest.approx(8.5 / 16)
+    v18, b18 = P.nm_pack(w[:, :16], 1, 8)
+    assert np.array_equal(P.nm_unpack(v18, b18, (50, 16), 1, 8), w[:, :16] * P.nm_mask(w[:, :16], 1, 8))
+    with pytest.raises(ValueError, match="2-d"):
+        P.nm_pack(np.zeros((2, 4, 3, 3)), 2, 4)
