@@ -166,12 +166,14 @@ def mse_range(x: Array, bits: int = 8, symmetric: bool = False, signed: bool = T
 def kl_range(x: Array, bits: int = 8, bins: int = 2048) -> tuple[float, float]:
     """Entropy (KL-divergence) calibration of a non-negative activation, as in TensorRT (Migacz 2017).
 
-    Builds a ``bins``-bin histogram of |x|; for each candidate threshold, folds the clipped tail into
+    Builds a ``bins``-bin histogram of the nonzero |x| (exact zeros, e.g. from a ReLU, are
+    represented exactly whatever the threshold, so they are left out); for each candidate threshold, folds the clipped tail into
     the last bin (P), merges the bins into ``2**(bits - 1)`` levels and expands them back (Q), and
     keeps the threshold minimising KL(P || Q). Returns the symmetric range (-t, t) or (0, t) for
     non-negative data.
     """
     a = np.abs(_np(x))
+    a = a[a > 0] if np.any(a > 0) else a
     levels = 2 ** (bits - 1)
     if bins < levels:
         raise ValueError(f"bins must be >= 2**(bits - 1) = {levels}, got {bins}")

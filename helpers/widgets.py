@@ -100,3 +100,45 @@ def pruning_explorer(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) 
 
     output = widgets.interactive_output(show, {"layer": layer, "sparsity": sparsity})
     return widgets.VBox([widgets.HBox([layer, sparsity]), output])
+
+
+def draw_quantization(values: np.ndarray | torch.Tensor, bits: int, clip: float) -> Figure:
+    """Histogram of ``values`` with the ``bits``-bit symmetric grid clipped at ``clip`` x max|v|, and the
+    error it makes (SQNR in dB)."""
+    import numpy as np
+
+    from . import quantization as Q
+
+    v = values.detach().cpu().numpy().ravel() if isinstance(values, torch.Tensor) else np.asarray(values).ravel()
+    if not 0 < clip <= 1:
+        raise ValueError(f"clip must be in (0, 1], got {clip}")
+    amax = float(np.abs(v).max()) * clip
+    scale, zp = Q.qparams(-amax, amax, bits, symmetric=True)
+    v_hat = Q.fake_quantize(v, scale, zp, bits)
+    qmin, qmax = Q.qrange(bits)
+    grid = (np.arange(qmin, qmax + 1) - zp) * scale
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.hist(v, bins=200, alpha=0.7, label="values")
+    if len(grid) <= 64:
+        for g in grid:
+            ax.axvline(g, color="tab:red", alpha=0.35, linewidth=0.8)
+    ax.axvspan(-amax, amax, color="tab:green", alpha=0.08, label="clipping range")
+    ax.set_xlabel("value")
+    ax.set_ylabel("count")
+    ax.set_title(f"{bits}-bit symmetric grid, clip at {clip:.0%} of max: SQNR {Q.sqnr_db(v, v_hat):.1f} dB, {len(grid)} levels")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def quantization_explorer(values: np.ndarray | torch.Tensor) -> widgets.Widget:
+    """Bits and clipping-range sliders over a histogram with its quantization grid."""
+    bits = widgets.IntSlider(value=4, min=2, max=8, description="bits", continuous_update=False)
+    clip = widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="clip", continuous_update=False)
+
+    def show(bits: int, clip: float) -> None:
+        draw_quantization(values, bits, clip)
+        plt.show()
+
+    output = widgets.interactive_output(show, {"bits": bits, "clip": clip})
+    return widgets.VBox([widgets.HBox([bits, clip]), output])

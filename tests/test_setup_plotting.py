@@ -105,3 +105,18 @@ def test_pruning_explorer_draws_and_builds() -> None:
     plt.close("all")
     with pytest.raises(ValueError, match="layer must be one of"):
         widgets.draw_pruning(model, "fc9", 0.5, (x, y))
+
+
+def test_quantization_explorer_draws_and_builds() -> None:
+    import ipywidgets
+
+    from helpers import widgets
+
+    values = np.random.default_rng(0).standard_normal(1000)
+    fig = widgets.draw_quantization(values, 3, 0.5)
+    assert "SQNR" in fig.axes[0].get_title() and fig.axes[0].get_xlabel() == "value"
+    plt.close("all")
+    assert isinstance(widgets.quantization_explorer(values), ipywidgets.Widget)
+    plt.close("all")
+    with pytest.raises(ValueError, match="clip"):
+        widgets.draw_quantization(values, 4, 0.0)
