@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import nn
@@ -105,8 +106,6 @@ def pruning_explorer(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) 
 def draw_quantization(values: np.ndarray | torch.Tensor, bits: int, clip: float) -> Figure:
     """Histogram of ``values`` with the ``bits``-bit symmetric grid clipped at ``clip`` x max|v|, and the
     error it makes (SQNR in dB)."""
-    import numpy as np
-
     from . import quantization as Q
 
     v = values.detach().cpu().numpy().ravel() if isinstance(values, torch.Tensor) else np.asarray(values).ravel()
