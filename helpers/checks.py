@@ -614,3 +614,229 @@ def check_lenet5_macs(fn: Callable[[int, int, int], int]) -> None:
             hint = "conv1: c1*24*24*25; conv2 sees c1 channels: c2*8*8*(c1*25); fc1 has c2*4*4 inputs; fc2 has hidden inputs"
             fail(name, case, expected, got, hint)
     passed(name, f"{len(cases)} widths match the hook count, the full model included")
+
+
+# ----------------------------------------------------------------------------- chapter 03: quantization fundamentals
+
+
+def check_qparams(fn: Callable[..., tuple[float, int]]) -> None:
+    """``fn(x_min, x_max, bits, symmetric, signed)`` -> (scale, zero_point) as in :func:`helpers.quantization.qparams`."""
+    from .quantization import qparams
+
+    name = "check_qparams"
+    cases = [
+        (-1.0, 3.0, 8, False, True),
+        (-1.0, 3.0, 8, False, False),
+        (0.5, 2.0, 8, False, False),  # does not contain 0: widen to [0, 2]
+        (-3.0, -1.0, 8, False, True),  # all negative: widen to [-3, 0]
+        (-0.7, 2.2, 4, False, True),
+        (-1.0, 3.0, 8, True, True),
+        (-5.0, 2.0, 4, True, True),
+        (0.0, 6.0, 8, True, False),
+        (0.0, 0.0, 8, False, True),  # empty range
+    ]
+    for x_min, x_max, bits, symmetric, signed in cases:
+        case = f"qparams({x_min}, {x_max}, bits={bits}, symmetric={symmetric}, signed={signed})"
+        expected = qparams(x_min, x_max, bits, symmetric, signed)
+        got = _call(name, case, fn, x_min, x_max, bits, symmetric, signed)
+        try:
+            scale, zero_point = got
+        except (TypeError, ValueError):
+            fail(name, case, "a pair (scale, zero_point)", repr(got), "return two values")
+        if not np.isclose(float(scale), expected[0], rtol=1e-9):
+            hint = (
+                "widen the range to include 0; asymmetric: (max - min) / (qmax - qmin); symmetric: max(|min|, |max|) / qmax; "
+                "an empty range gets scale 1.0"
+            )
+            fail(name, case, f"scale {expected[0]:.8g}", f"{float(scale):.8g}", hint)
+        if isinstance(zero_point, float) and not float(zero_point).is_integer():
+            fail(name, case, f"an integer zero point {expected[1]}", repr(zero_point), "round the zero point: it must be an integer")
+        if int(zero_point) != expected[1]:
+            fail(
+                name,
+                case,
+                f"zero_point {expected[1]}",
+                int(zero_point),
+                "zero_point = qmin - round(min / scale), clamped to [qmin, qmax]; 0 if symmetric",
+            )
+    passed(name, f"{len(cases)} cases: signed/unsigned, symmetric, ranges without 0, an empty range")
+
+
+def check_quantize(quantize_fn: Callable[..., np.ndarray], dequantize_fn: Callable[..., np.ndarray]) -> None:
+    """``quantize_fn(x, scale, zp, bits, signed)`` rounds half to even and clamps; ``dequantize_fn(q, scale, zp)`` inverts."""
+    from .quantization import dequantize, quantize
+
+    name = "check_quantize"
+    rng = np.random.default_rng(8)
+    cases = [
+        ("exact ties: x / scale = 0.5, 1.5, 2.5, -0.5, -1.5, -2.5", np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5]) * 0.1, 0.1, 0, 8, True),
+        ("values beyond the range clamp to -128 and 127", np.array([-100.0, -12.85, -12.75, 12.7, 12.75, 100.0]), 0.1, 0, 8, True),
+        ("unsigned with a zero point", rng.uniform(-1, 3, 50), 4 / 255, 64, 8, False),
+        ("4-bit signed, clamps to [-8, 7]", np.array([-1.0, -0.8, -0.75, 0.65, 0.7, 0.75, 1.0]), 0.1, 0, 4, True),
+        ("random normal, int8 with a zero point", rng.standard_normal(200), 0.03, -5, 8, True),
+    ]
+    for case, x, scale, zp, bits, signed in cases:
+        expected = quantize(x, scale, zp, bits, signed)
+        got = np.asarray(_call(name, case, quantize_fn, x.copy(), scale, zp, bits, signed))
+        if got.shape != x.shape or not np.array_equal(got.astype(np.int64), expected):
+            bad = np.flatnonzero(got.astype(np.int64) != expected)[:3] if got.shape == x.shape else []
+            hint = (
+                "q = clip(np.round(x / scale) + zero_point, qmin, qmax): np.round rounds half to even; "
+                "qmax is 2**(bits-1) - 1 (signed) or 2**bits - 1"
+            )
+            fail(
+                name,
+                f"{case}, at x = {x[bad].tolist() if len(bad) else x[:3].tolist()}",
+                expected[bad].tolist() if len(bad) else expected.tolist()[:6],
+                got.ravel()[bad].tolist() if len(bad) else got.ravel().tolist()[:6],
+                hint,
+            )
+        if got.dtype.kind not in "iu":
+            fail(name, case, "an integer array", f"dtype {got.dtype}", "convert with .astype(np.int64)")
+        back = np.asarray(_call(name, f"dequantize on {case}", dequantize_fn, expected, scale, zp), dtype=np.float64)
+        if not np.allclose(back, dequantize(expected, scale, zp), atol=1e-6):
+            fail(
+                name,
+                f"dequantize on {case}",
+                dequantize(expected, scale, zp)[:4].tolist(),
+                back[:4].tolist(),
+                "x_hat = (q - zero_point) * scale",
+            )
+    passed(name, f"{len(cases)} cases: half-to-even ties, clamping at both ends, 4 and 8 bits, round trip")
+
+
+def check_per_channel_qparams(fn: Callable[..., tuple[np.ndarray, np.ndarray]]) -> None:
+    """``fn(w, axis, bits)`` -> symmetric signed per-channel (scales, zero_points) along ``axis``."""
+    from .quantization import qparams_per_channel
+
+    name = "check_per_channel_qparams"
+    rng = np.random.default_rng(9)
+    cases = [
+        ("linear weight (5, 7), axis 0", rng.standard_normal((5, 7)) * np.array([[0.1], [1], [10], [0.01], [3]]), 0, 8),
+        ("conv weight (4, 3, 3, 3), axis 0", rng.standard_normal((4, 3, 3, 3)), 0, 8),
+        ("transposed weight (7, 5), axis 1", rng.standard_normal((7, 5)) * np.array([0.1, 1, 10, 0.01, 3]), 1, 4),
+        ("a channel of zeros", np.vstack([np.zeros(6), rng.standard_normal(6)]), 0, 8),
+    ]
+    for case, w, axis, bits in cases:
+        expected_s, expected_z = qparams_per_channel(w, axis=axis, bits=bits, symmetric=True, signed=True)
+        got = _call(name, case, fn, w.copy(), axis, bits)
+        scales, zps = (np.asarray(v) for v in got)
+        if scales.shape != expected_s.shape:
+            fail(
+                name,
+                case,
+                f"{expected_s.shape[0]} scales",
+                f"shape {scales.shape}",
+                "one scale per slice along axis (reduce over every other axis)",
+            )
+        if not np.allclose(scales, expected_s, rtol=1e-9) or not np.array_equal(zps.astype(np.int64), expected_z):
+            fail(
+                name,
+                case,
+                np.round(expected_s, 6).tolist(),
+                np.round(scales, 6).tolist(),
+                "symmetric: scale = max|w| of the channel / qmax, zero point 0; an all-zero channel gets scale 1.0",
+            )
+    passed(name, f"{len(cases)} cases: linear and conv weights, axis 0 and 1, a zero channel")
+
+
+def check_mse_range(fn: Callable[..., tuple[float, float]]) -> None:
+    """``fn(x, bits)`` -> a clipping range (lo, hi) whose asymmetric quantization MSE is (near) minimal."""
+    from .quantization import minmax_range, mse_range, quantization_mse
+
+    name = "check_mse_range"
+    rng = np.random.default_rng(10)
+    cases = [
+        ("normal data with two outliers, 4 bits", np.concatenate([rng.standard_normal(20_000), [12.0, -9.0]]), 4),
+        ("ReLU-like data with a long tail, 4 bits", np.maximum(rng.standard_t(3, 20_000), 0), 4),
+        ("normal data, 8 bits", rng.standard_normal(20_000), 8),
+    ]
+    for case, x, bits in cases:
+        best = quantization_mse(x, *mse_range(x, bits), bits)
+        minmax = quantization_mse(x, *minmax_range(x), bits)
+        got = _call(name, case, fn, x.copy(), bits)
+        lo, hi = (float(v) for v in got)
+        error = quantization_mse(x, lo, hi, bits)
+        if error > 1.05 * best:
+            hint = "shrink the min-max range in small steps (e.g. 100 fractions) and keep the range with the smallest mean squared error"
+            fail(name, case, f"MSE <= {1.05 * best:.4g} (min-max gives {minmax:.4g})", f"{error:.4g} with range ({lo:.4g}, {hi:.4g})", hint)
+    passed(name, f"{len(cases)} distributions: your ranges are within 5% of the best MSE")
+
+
+def check_quantize_multiplier(fn: Callable[[float], tuple[int, int]]) -> None:
+    """``fn(M)`` -> (m0, shift) with int32 m0 in [2**30, 2**31) and M ~= m0 * 2**(-31 - shift)."""
+    name = "check_quantize_multiplier"
+    multipliers = [0.5, 0.75, 0.999999, 0.0123456, 1.52849e-3, 2.0**-20, 0.3, 1e-7, 0.49999999]
+    for m in multipliers:
+        case = f"M = {m!r}"
+        got = _call(name, case, fn, m)
+        m0, shift = (int(v) for v in got)
+        if not 2**30 <= m0 < 2**31:
+            fail(
+                name, case, "m0 in [2**30, 2**31)", m0, "m0 = round(M0 * 2**31) with M0 = M * 2**n in [0.5, 1) (math.frexp gives M0 and -n)"
+            )
+        if abs(m0 * 2.0 ** (-31 - shift) - m) > m * 2**-30:
+            fail(
+                name,
+                case,
+                f"m0 * 2**(-31 - shift) = {m!r}",
+                f"{m0 * 2.0 ** (-31 - shift)!r} (m0={m0}, shift={shift})",
+                "shift = n where M = M0 * 2**-n; check the sign and an off-by-one",
+            )
+    passed(name, f"{len(multipliers)} multipliers represented to 2**-30 relative error")
+
+
+def check_requantize(fn: Callable[..., np.ndarray]) -> None:
+    """``fn(acc, m0, shift, zero_point, bits)`` -> clamp(round(acc * M) + zero_point) with integer operations."""
+    from .quantization import quantize_multiplier
+
+    name = "check_requantize"
+    rng = np.random.default_rng(11)
+    cases = [(0.0123456, 0, 8, 2**20), (0.3, -7, 8, 1000), (2.0**-10, 100, 8, 2**22), (0.0015, 3, 4, 20_000), (0.75, 0, 8, 200)]
+    for multiplier, zp, bits, span in cases:
+        m0, shift = quantize_multiplier(multiplier)
+        acc = rng.integers(-span, span, 5000)
+        case = f"M = {multiplier}, zero_point = {zp}, bits = {bits}"
+        got = np.asarray(_call(name, case, fn, acc.copy(), m0, shift, zp, bits))
+        qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        ideal = np.clip(np.round(acc * multiplier) + zp, qmin, qmax)
+        if got.dtype.kind not in "iu":
+            fail(name, case, "an integer array", f"dtype {got.dtype}", "stay in integers: int64 products, >> shifts, masks")
+        diff = np.abs(got.astype(np.int64) - ideal)
+        if diff.max() > 1:
+            worst = int(np.argmax(diff))
+            hint = "multiply by m0 and divide by 2**31 with rounding, then a rounding right shift by `shift`, add the zero point, clamp"
+            fail(name, f"{case}, acc = {acc[worst]}", int(ideal[worst]), int(got[worst]), hint)
+    passed(name, f"{len(cases)} multipliers x 5000 accumulators within 1 of round(acc * M) + zero_point, clamped")
+
+
+def check_quantized_linear(fn: Callable[..., np.ndarray]) -> None:
+    """``fn(q_x, zp_x, q_w, bias_q, m0, shift, zp_y)`` -> uint8 outputs of an integer-only Linear layer."""
+    from .quantization import qparams, qparams_per_channel, quantize, quantize_multiplier, quantize_per_channel, quantized_linear
+
+    name = "check_quantized_linear"
+    rng = np.random.default_rng(12)
+    for n, k, m_out in ((5, 12, 4), (16, 784, 30), (1, 3, 2)):
+        x = rng.uniform(-0.5, 2.0, (n, k))
+        w = rng.standard_normal((m_out, k)) * 0.2
+        b = rng.standard_normal(m_out) * 0.3
+        sx, zx = qparams(x.min(), x.max(), 8, signed=False)
+        ws, wz = qparams_per_channel(w)
+        y = x @ w.T + b
+        sy, zy = qparams(y.min(), y.max(), 8, signed=False)
+        q_x, q_w = quantize(x, sx, zx, 8, False), quantize_per_channel(w, ws, wz)
+        bias_q = np.round(b / (sx * ws)).astype(np.int64)
+        mult = [quantize_multiplier(sx * s / sy) for s in ws]
+        m0, shift = np.array([p[0] for p in mult]), np.array([p[1] for p in mult])
+        expected = quantized_linear(q_x, zx, q_w, 0, bias_q, m0, shift, zy, 8, False)
+        case = f"N={n}, K={k}, M={m_out}, zp_x={zx}, zp_y={zy}"
+        got = np.asarray(_call(name, case, fn, q_x.copy(), zx, q_w.copy(), bias_q.copy(), m0, shift, zy))
+        if got.shape != expected.shape:
+            fail(name, case, f"shape {expected.shape}", f"shape {got.shape}", "(N, K) x (M, K) -> (N, M)")
+        if np.abs(got.astype(np.int64) - expected).max() > 1:
+            hint = (
+                "acc = (q_x - zp_x) @ q_w.T + bias_q (int64), then requantize per output column "
+                "with (m0[j], shift[j]), add zp_y, clamp to [0, 255]"
+            )
+            fail(name, case, expected[0, :6].tolist(), got[0, :6].tolist(), hint)
+    passed(name, "3 layers within 1 LSB of the reference integer engine")

@@ -376,7 +376,109 @@ WRONG.update(
     }
 )
 
-EXTRA_ARGS: dict[str, Callable[[], tuple]] = {}
+from helpers import quantization as Q  # noqa: E402
+
+
+def _qparams_no_widen(x_min, x_max, bits=8, symmetric=False, signed=True):
+    qmin, qmax = Q.qrange(bits, signed)
+    if symmetric or x_min == x_max:
+        return Q.qparams(x_min, x_max, bits, symmetric, signed)
+    scale = (x_max - x_min) / (qmax - qmin)
+    return scale, int(np.clip(qmin - np.round(x_min / scale), qmin, qmax))
+
+
+def _requantize_float(acc, m0, shift, zp, bits=8):
+    return np.clip(np.round(acc * (m0 * 2.0 ** (-31 - shift))) + zp, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
+def _quantized_linear_ref(q_x, zp_x, q_w, bias_q, m0, shift, zp_y):
+    return Q.quantized_linear(q_x, zp_x, q_w, 0, bias_q, m0, shift, zp_y, 8, False)
+
+
+WRONG.update(
+    {
+        "check_qparams": (
+            Q.qparams,
+            [
+                _qparams_no_widen,
+                lambda lo, hi, bits=8, symmetric=False, signed=True: (
+                    (Q.qparams(lo, hi, bits, symmetric, signed)[0] * (2**bits - 1) / 2**bits),
+                    Q.qparams(lo, hi, bits, symmetric, signed)[1],
+                ),  # divides by 2**bits levels
+                lambda lo, hi, bits=8, symmetric=False, signed=True: (
+                    Q.qparams(lo, hi, bits, symmetric, signed)[0],
+                    Q.qrange(bits, signed)[0] - min(lo, 0) / Q.qparams(lo, hi, bits, symmetric, signed)[0] if not symmetric else 0,
+                ),  # zero point not rounded
+                lambda lo, hi, bits=8, symmetric=False, signed=True: (
+                    (max(-min(lo, 0), max(hi, 0)) / 2 ** (bits - 1) or 1.0, 0) if symmetric else Q.qparams(lo, hi, bits, symmetric, signed)
+                ),  # symmetric scale over 2**(b-1)
+            ],
+        ),
+        "check_quantize": (
+            Q.quantize,
+            [
+                lambda x, s, z, bits=8, signed=True: np.clip(np.floor(x / s + 0.5) + z, *Q.qrange(bits, signed)).astype(
+                    np.int64
+                ),  # half up
+                lambda x, s, z, bits=8, signed=True: np.clip(
+                    np.sign(x / s) * np.floor(np.abs(x / s) + 0.5) + z, *Q.qrange(bits, signed)
+                ).astype(np.int64),  # half away
+                lambda x, s, z, bits=8, signed=True: np.clip(
+                    np.round(x / s) + z, Q.qrange(bits, signed)[0], Q.qrange(bits, signed)[1] + 1
+                ).astype(np.int64),  # qmax + 1
+                lambda x, s, z, bits=8, signed=True: np.clip(
+                    np.round(x / s) + z, Q.qrange(bits, signed)[0] + 1, Q.qrange(bits, signed)[1]
+                ).astype(np.int64),  # qmin + 1
+                lambda x, s, z, bits=8, signed=True: np.round(x / s) + z,  # no clamp, float
+            ],
+        ),
+        "check_per_channel_qparams": (
+            lambda w, axis=0, bits=8: Q.qparams_per_channel(w, axis=axis, bits=bits),
+            [
+                lambda w, axis=0, bits=8: Q.qparams_per_channel(w, axis=(1 - axis) if w.ndim == 2 else axis, bits=bits),  # wrong axis
+                lambda w, axis=0, bits=8: tuple(
+                    np.full(w.shape[axis], v) for v in Q.qparams(w.min(), w.max(), bits, symmetric=True)
+                ),  # per-tensor
+            ],
+        ),
+        "check_mse_range": (
+            lambda x, bits: Q.mse_range(x, bits),
+            [lambda x, bits: Q.minmax_range(x), lambda x, bits: Q.percentile_range(x, 99.0)],
+        ),
+        "check_quantize_multiplier": (
+            Q.quantize_multiplier,
+            [
+                lambda m: (Q.quantize_multiplier(m)[0], Q.quantize_multiplier(m)[1] + 1),  # shift off by one
+                lambda m: (round(m * 2**31), 0),  # no normalisation: m0 out of range for small M
+            ],
+        ),
+        "check_requantize": (
+            lambda acc, m0, shift, zp, bits=8: Q.requantize(acc, m0, shift, zp, bits),
+            [
+                lambda acc, m0, shift, zp, bits=8: Q.requantize(acc, m0, shift, 0, bits),  # forgets the zero point
+                lambda acc, m0, shift, zp, bits=8: np.round(acc * (m0 * 2.0 ** (-31 - shift))).astype(np.int64) + zp,  # no clamp
+                lambda acc, m0, shift, zp, bits=8: Q.requantize(acc, m0, max(shift - 1, 0), zp, bits),  # shift off by one
+                _requantize_float,  # returns floats
+            ],
+        ),
+        "check_quantized_linear": (
+            _quantized_linear_ref,
+            [
+                lambda q_x, zp_x, q_w, bias_q, m0, shift, zp_y: Q.quantized_linear(
+                    q_x, 0, q_w, 0, bias_q, m0, shift, zp_y, 8, False
+                ),  # ignores zp_x
+                lambda q_x, zp_x, q_w, bias_q, m0, shift, zp_y: Q.quantized_linear(
+                    q_x, zp_x, q_w, 0, None, m0, shift, zp_y, 8, False
+                ),  # no bias
+                lambda q_x, zp_x, q_w, bias_q, m0, shift, zp_y: Q.quantized_linear(
+                    q_x, zp_x, q_w, 0, bias_q, m0[0], shift[0], zp_y, 8, False
+                ),  # channel 0's multiplier for all
+            ],
+        ),
+    }
+)
+
+EXTRA_ARGS: dict[str, Callable[[], tuple]] = {"check_quantize": lambda: (Q.dequantize,)}
 
 
 def _sensitivity_args() -> tuple:
@@ -442,6 +544,11 @@ def test_check_rejects_a_plausible_wrong_answer(name: str, index: int) -> None:
 def test_every_public_check_is_covered_here() -> None:
     public = {n for n in dir(checks) if n.startswith("check_")}
     assert public == set(WRONG), f"add wrong answers for {sorted(public - set(WRONG))}"
+
+
+def test_check_quantize_rejects_a_wrong_dequantize() -> None:
+    with pytest.raises(checks.CheckFailure, match="dequantize"):
+        checks.check_quantize(Q.quantize, lambda q, s, z: (q + z) * s)
 
 
 def test_learner_errors_become_check_failures() -> None:
