@@ -840,3 +840,190 @@ def check_quantized_linear(fn: Callable[..., np.ndarray]) -> None:
             )
             fail(name, case, expected[0, :6].tolist(), got[0, :6].tolist(), hint)
     passed(name, "3 layers within 1 LSB of the reference integer engine")
+
+
+# ----------------------------------------------------------------------------- chapter 04: post-training quantization
+
+
+def check_observer(observer_class: type) -> None:
+    """``observer_class()`` with ``update(x)`` over batches and ``qparams()`` -> asymmetric uint8 (scale, zero_point)."""
+    from .quantization import qparams
+
+    name = "check_observer"
+    rng = np.random.default_rng(13)
+    cases = [
+        ("three batches with different ranges", [rng.normal(0, 1, 100), rng.normal(2, 3, 50), rng.normal(-1, 0.5, 70)]),
+        ("all positive (range widened to include 0)", [rng.uniform(1, 2, 20), rng.uniform(1.5, 3, 20)]),
+        ("all negative", [rng.uniform(-4, -1, 30)]),
+        ("a constant zero tensor", [np.zeros(10)]),
+        ("torch tensors", [torch.randn(4, 8), torch.randn(2, 8) * 5]),
+    ]
+    for case, batches in cases:
+        observer = _call(name, case, observer_class)
+        for batch in batches:
+            _call(name, case, observer.update, batch)
+        values = np.concatenate([np.asarray(b).ravel() for b in batches])
+        expected = qparams(values.min(), values.max(), 8, symmetric=False, signed=False)
+        scale, zero_point = _call(name, case, observer.qparams)
+        if not np.isclose(float(scale), expected[0], rtol=1e-6) or int(zero_point) != expected[1]:
+            hint = "keep the running min and max over ALL batches seen, then asymmetric uint8 qparams (range widened to include 0)"
+            fail(name, case, f"(scale {expected[0]:.6g}, zero_point {expected[1]})", f"({float(scale):.6g}, {zero_point})", hint)
+    passed(name, f"{len(cases)} sequences of batches: running min/max and uint8 qparams")
+
+
+def check_fake_quant_weight(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    """``fn(w, bits)`` -> per-output-channel symmetric fake-quantized weight (same shape, float)."""
+    from .quantization import dequantize_per_channel, qparams_per_channel, quantize_per_channel
+
+    name = "check_fake_quant_weight"
+    torch.manual_seed(14)
+    cases = [
+        ("linear (6, 10), 8 bits, rows of different scales", torch.randn(6, 10) * torch.tensor([[0.01], [0.1], [1], [10], [0.5], [2]]), 8),
+        ("conv (4, 3, 3, 3), 4 bits", torch.randn(4, 3, 3, 3), 4),
+        ("linear (3, 5) with a zero row, 8 bits", torch.cat([torch.zeros(1, 5), torch.randn(2, 5)]), 8),
+    ]
+    for case, w, bits in cases:
+        scales, zps = qparams_per_channel(w, axis=0, bits=bits, symmetric=True, signed=True)
+        expected = dequantize_per_channel(quantize_per_channel(w.double(), scales, zps, axis=0, bits=bits), scales, zps, axis=0)
+        got = _call(name, case, fn, w.clone(), bits)
+        got = torch.as_tensor(got, dtype=torch.float64)
+        if tuple(got.shape) != tuple(w.shape):
+            fail(name, case, f"shape {tuple(w.shape)}", f"shape {tuple(got.shape)}", "return a tensor shaped like w")
+        if not torch.allclose(got, expected.double(), rtol=1e-5, atol=1e-7):
+            hint = "one symmetric scale per OUTPUT channel (dim 0): max |w| over the rest / (2**(bits-1) - 1); round half to even; clamp"
+            fail(name, case, expected.flatten()[:4].tolist(), got.flatten()[:4].tolist(), hint)
+    passed(name, f"{len(cases)} weights: per-output-channel symmetric, 4 and 8 bits, a zero row")
+
+
+def check_activation_ranges(fn: Callable[..., dict], model: nn.Module, x: torch.Tensor) -> None:
+    """``fn(model, x)`` -> {layer name: (min, max) of that Linear/Conv2d layer's output} from forward hooks."""
+    name = "check_activation_ranges"
+    expected: dict[str, tuple[float, float]] = {}
+    handles = []
+    for layer_name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+
+            def hook(m: nn.Module, inputs: tuple, output: torch.Tensor, key: str = layer_name) -> None:
+                expected[key] = (float(output.min()), float(output.max()))
+
+            handles.append(module.register_forward_hook(hook))
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    got = _call(name, "the model and calibration images", fn, model, x)
+    leftover = [m for m in model.modules() if m._forward_hooks]
+    if leftover:
+        fail(
+            name,
+            "hooks after the call",
+            "no forward hooks left on the model",
+            f"{len(leftover)} modules still hooked",
+            "keep the handles and call .remove()",
+        )
+    if not isinstance(got, dict) or set(got) != set(expected):
+        fail(
+            name,
+            "the layers",
+            sorted(expected),
+            sorted(got) if isinstance(got, dict) else repr(got),
+            "one entry per Linear/Conv2d, keyed by its name in model.named_modules()",
+        )
+    for key, (lo, hi) in expected.items():
+        if not np.allclose([float(v) for v in got[key]], [lo, hi], rtol=1e-5, atol=1e-6):
+            fail(
+                name,
+                f"layer {key!r}",
+                (round(lo, 5), round(hi, 5)),
+                got[key],
+                "record the OUTPUT of each layer (the hook's third argument), over the whole batch",
+            )
+    passed(name, f"{len(expected)} layers' output ranges match; no hooks left behind")
+
+
+def check_bias_quantization(fn: Callable[..., np.ndarray]) -> None:
+    """``fn(bias, input_scale, weight_scales)`` -> int32 ``round(bias / (s_x * s_w))`` per output channel."""
+    name = "check_bias_quantization"
+    rng = np.random.default_rng(15)
+    for n in (5, 50):
+        bias = rng.standard_normal(n) * 0.3
+        s_x, s_w = 0.0173, rng.uniform(0.001, 0.02, n)
+        bias[0] = 2.5 * s_x * s_w[0]  # an exact tie: half to even gives 2
+        expected = np.round(bias / (s_x * s_w)).astype(np.int32)
+        got = np.asarray(_call(name, f"{n} channels", fn, bias.copy(), s_x, s_w.copy()))
+        if got.dtype != np.int32:
+            fail(name, f"{n} channels", "dtype int32", f"dtype {got.dtype}", "the accumulator is int32: return .astype(np.int32)")
+        if not np.array_equal(got, expected):
+            fail(
+                name,
+                f"{n} channels",
+                expected[:5].tolist(),
+                got[:5].tolist(),
+                "bias scale = input scale x that channel's weight scale, zero point 0; round half to even",
+            )
+    passed(name, "2 layers: int32 biases with scale s_x * s_w, rounded half to even")
+
+
+def check_int_conv2d(fn: Callable[..., np.ndarray]) -> None:
+    """``fn(q_x, zp_x, q_w)`` -> int64 accumulators (N, F, Ho, Wo) of sum (q_x - zp_x) * q_w, valid stride-1 conv."""
+    name = "check_int_conv2d"
+    rng = np.random.default_rng(16)
+    for n, c, h, f, k, zp in ((2, 1, 8, 3, 3, 0), (1, 3, 9, 4, 5, 37), (3, 20, 12, 5, 5, 128)):
+        q_x = rng.integers(0, 256, (n, c, h, h))
+        q_w = rng.integers(-127, 128, (f, c, k, k))
+        expected = torch.nn.functional.conv2d(torch.from_numpy(q_x - zp).double(), torch.from_numpy(q_w).double()).numpy().astype(np.int64)
+        case = f"x {q_x.shape} with zero point {zp}, w {q_w.shape}"
+        got = np.asarray(_call(name, case, fn, q_x.copy(), zp, q_w.copy()))
+        if got.shape != expected.shape:
+            fail(name, case, f"shape {expected.shape}", f"shape {got.shape}", "(N, C, H, W) * (F, C, k, k) -> (N, F, H-k+1, W-k+1)")
+        if got.dtype.kind not in "iu" or not np.array_equal(got, expected):
+            hint = (
+                "im2col: patches of shape (C*k*k) in the same (c, i, j) order as q_w.reshape(F, -1); "
+                "subtract zp_x from the input; integer matmul"
+            )
+            fail(name, case, expected.ravel()[:4].tolist(), got.ravel()[:4].tolist(), hint)
+    passed(name, "3 convolutions equal to conv2d on the zero-point-shifted integers, exactly")
+
+
+def check_groupwise(fn: Callable[..., tuple[np.ndarray, np.ndarray]]) -> None:
+    """``fn(w, bits, group_size)`` -> (codes int in [-qmax, qmax], scales (out, in / group_size)) symmetric per group."""
+    from .quantization import dequantize_groupwise, quantize_groupwise
+
+    name = "check_groupwise"
+    rng = np.random.default_rng(17)
+    cases = [((4, 32), 4, 8), ((3, 30), 3, 10), ((2, 16), 4, 16), ((5, 12), 2, 4)]
+    for shape, bits, group in cases:
+        w = rng.standard_normal(shape) * rng.uniform(0.1, 3, (shape[0], 1))
+        w[0, :group] = 0.0  # an all-zero group
+        codes, scales = quantize_groupwise(w, bits, group)
+        case = f"w {shape}, {bits} bits, groups of {group}"
+        got = _call(name, case, fn, w.copy(), bits, group)
+        g_codes, g_scales = (np.asarray(v) for v in got)
+        if g_scales.shape != scales.shape:
+            fail(
+                name,
+                case,
+                f"scales of shape {scales.shape}",
+                f"shape {g_scales.shape}",
+                "one scale per group of group_size consecutive inputs in each row",
+            )
+        qmax = 2 ** (bits - 1) - 1
+        if g_codes.min() < -qmax or g_codes.max() > qmax:
+            fail(
+                name,
+                case,
+                f"codes in [-{qmax}, {qmax}]",
+                f"[{g_codes.min()}, {g_codes.max()}]",
+                "symmetric: clamp to [-qmax, qmax] so that the grid is symmetric",
+            )
+        if not np.allclose(
+            dequantize_groupwise(g_codes.astype(np.int8), g_scales.astype(np.float32)), dequantize_groupwise(codes, scales), atol=1e-6
+        ):
+            fail(
+                name,
+                case,
+                "the reference reconstruction",
+                "a different one",
+                "scale = max |w| of the group / qmax (1.0 for an all-zero group); codes = round(w / scale)",
+            )
+    passed(name, f"{len(cases)} weights: groups along the input dimension, 2-4 bits, an all-zero group")

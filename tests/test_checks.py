@@ -478,7 +478,146 @@ WRONG.update(
     }
 )
 
-EXTRA_ARGS: dict[str, Callable[[], tuple]] = {"check_quantize": lambda: (Q.dequantize,)}
+
+class MinMaxObserver:
+    def __init__(self):
+        self.lo, self.hi = np.inf, -np.inf
+
+    def update(self, x):
+        a = np.asarray(x)
+        self.lo, self.hi = min(self.lo, float(a.min())), max(self.hi, float(a.max()))
+
+    def qparams(self):
+        return Q.qparams(self.lo, self.hi, 8, symmetric=False, signed=False)
+
+
+class LastBatchObserver(MinMaxObserver):  # forgets earlier batches
+    def update(self, x):
+        a = np.asarray(x)
+        self.lo, self.hi = float(a.min()), float(a.max())
+
+
+class SymmetricObserver(MinMaxObserver):  # symmetric instead of asymmetric
+    def qparams(self):
+        return (
+            Q.qparams(self.lo, self.hi, 8, symmetric=True, signed=False)
+            if self.lo >= 0
+            else Q.qparams(-max(-self.lo, self.hi), max(-self.lo, self.hi), 8, signed=False)
+        )
+
+
+class NoWidenObserver(MinMaxObserver):  # range not widened to include 0
+    def qparams(self):
+        if self.lo == self.hi:
+            return 1.0, 0
+        scale = (self.hi - self.lo) / 255
+        return scale, int(np.clip(-np.round(self.lo / scale), 0, 255))
+
+
+def fake_quant_weight(w, bits):
+    scales, zps = Q.qparams_per_channel(w, axis=0, bits=bits)
+    return Q.dequantize_per_channel(Q.quantize_per_channel(w.double(), scales, zps, axis=0, bits=bits), scales, zps, axis=0)
+
+
+def activation_ranges(model, x, outputs=True, remove=True):
+    ranges, handles = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+
+            def hook(mod, inp, out, key=name):
+                t = out if outputs else inp[0]
+                ranges[key] = (float(t.min()), float(t.max()))
+
+            handles.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        model(x)
+    if remove:
+        for h in handles:
+            h.remove()
+    return ranges
+
+
+def int_conv2d(q_x, zp, q_w):
+    f, c, k, _ = q_w.shape
+    n, _, h, w = q_x.shape
+    cols = Q.im2col(q_x - zp, k)
+    return (cols @ q_w.reshape(f, -1).T).reshape(n, h - k + 1, w - k + 1, f).transpose(0, 3, 1, 2)
+
+
+def _activation_args() -> tuple:
+    from helpers.models import LeNet5
+
+    torch.manual_seed(0)
+    return LeNet5().eval(), torch.rand(8, 1, 28, 28)
+
+
+WRONG.update(
+    {
+        "check_observer": (MinMaxObserver, [LastBatchObserver, SymmetricObserver, NoWidenObserver]),
+        "check_fake_quant_weight": (
+            fake_quant_weight,
+            [
+                lambda w, bits: Q.fake_quantize(
+                    w.double(), *Q.qparams(float(w.min()), float(w.max()), bits, symmetric=True), bits
+                ),  # per-tensor
+                lambda w, bits: (
+                    fake_quant_weight(w.transpose(0, 1), bits).transpose(0, 1) if w.dim() == 2 else fake_quant_weight(w, bits) * 1.01
+                ),  # wrong axis
+                lambda w, bits: torch.stack(
+                    [Q.fake_quantize(r.double(), *Q.qparams(float(r.min()), float(r.max()), bits), bits) for r in w]
+                ),  # asymmetric
+            ],
+        ),
+        "check_activation_ranges": (
+            activation_ranges,
+            [
+                lambda m, x: activation_ranges(m, x, outputs=False),  # inputs, not outputs
+                lambda m, x: activation_ranges(m, x, remove=False),  # leaves hooks behind
+                lambda m, x: {k: v for k, v in list(activation_ranges(m, x).items())[:-1]},  # misses a layer
+            ],
+        ),
+        "check_bias_quantization": (
+            lambda b, sx, sw: np.round(b / (sx * sw)).astype(np.int32),
+            [
+                lambda b, sx, sw: np.round(b / sw).astype(np.int32),  # weight scale only
+                lambda b, sx, sw: np.trunc(b / (sx * sw)).astype(np.int32),  # truncates
+                lambda b, sx, sw: np.round(b / (sx * sw)),  # float, not int32
+                lambda b, sx, sw: np.floor(b / (sx * sw) + 0.5).astype(np.int32),  # half up
+            ],
+        ),
+        "check_int_conv2d": (
+            int_conv2d,
+            [
+                lambda q_x, zp, q_w: int_conv2d(q_x, 0, q_w),  # ignores the zero point
+                lambda q_x, zp, q_w: int_conv2d(q_x, zp, q_w.transpose(0, 1, 3, 2)),  # kernel transposed
+                lambda q_x, zp, q_w: int_conv2d(q_x, zp, q_w).astype(np.float32),  # float accumulators
+            ],
+        ),
+        "check_groupwise": (
+            lambda w, bits, g: Q.quantize_groupwise(w, bits, g),
+            [
+                lambda w, bits, g: Q.quantize_groupwise(w, bits, w.shape[1]),  # one scale per row
+                lambda w, bits, g: (
+                    lambda c, s: (
+                        np.clip(
+                            np.round(w / np.repeat(s, g, axis=1) * 2 ** (bits - 1) / (2 ** (bits - 1) - 1)),
+                            -(2 ** (bits - 1)),
+                            2 ** (bits - 1) - 1,
+                        ),
+                        s,
+                    )
+                )(*Q.quantize_groupwise(w, bits, g)),  # qmax = 2**(b-1)
+                lambda w, bits, g: (
+                    Q.quantize_groupwise(w.T.copy(), bits, g)[0].T
+                    if w.shape[0] % g == 0
+                    else (Q.quantize_groupwise(w, bits, g)[0], Q.quantize_groupwise(w, bits, g)[1] * 1.1)
+                ),  # wrong scale
+            ],
+        ),
+    }
+)
+
+EXTRA_ARGS: dict[str, Callable[[], tuple]] = {"check_quantize": lambda: (Q.dequantize,), "check_activation_ranges": _activation_args}
 
 
 def _sensitivity_args() -> tuple:
