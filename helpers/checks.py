@@ -1027,3 +1027,184 @@ def check_groupwise(fn: Callable[..., tuple[np.ndarray, np.ndarray]]) -> None:
                 "scale = max |w| of the group / qmax (1.0 for an all-zero group); codes = round(w / scale)",
             )
     passed(name, f"{len(cases)} weights: groups along the input dimension, 2-4 bits, an all-zero group")
+
+
+# ----------------------------------------------------------------------------- chapter 07: distillation
+
+
+def _logit_cases() -> list[tuple[str, np.ndarray, np.ndarray, float]]:
+    rng = np.random.default_rng(18)
+    return [
+        ("random logits, T = 1", rng.standard_normal((4, 10)) * 3, rng.standard_normal((4, 10)) * 3, 1.0),
+        ("random logits, T = 4", rng.standard_normal((6, 10)) * 5, rng.standard_normal((6, 10)) * 5, 4.0),
+        ("large logits (near 1000), T = 1", rng.standard_normal((3, 5)) * 3 + 1000, rng.standard_normal((3, 5)) * 3 + 1000, 1.0),
+        ("batch of one, T = 10", rng.standard_normal((1, 7)), rng.standard_normal((1, 7)), 10.0),
+    ]
+
+
+def check_softmax_t(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
+    """``fn(logits, T)`` -> softmax(logits / T) over the last axis, finite for large logits."""
+    from .distillation import softmax_t
+
+    name = "check_softmax_t"
+    for case, s, _, T in _logit_cases():
+        expected = softmax_t(s, T)
+        with np.errstate(all="ignore"):
+            got = np.asarray(_call(name, case, fn, s.copy(), T), dtype=np.float64)
+        if got.shape != expected.shape or not np.all(np.isfinite(got)):
+            fail(
+                name,
+                case,
+                f"finite probabilities of shape {expected.shape}",
+                f"shape {got.shape}, finite: {bool(np.all(np.isfinite(got)))}",
+                "subtract the row maximum before exp (it cancels in the ratio)",
+            )
+        if not np.allclose(got, expected, atol=1e-9):
+            fail(
+                name,
+                case,
+                np.round(expected[0, :4], 5).tolist(),
+                np.round(got[0, :4], 5).tolist(),
+                "divide the logits by T, then softmax along the last axis (each row sums to 1)",
+            )
+    passed(name, "4 cases incl. logits near 1000 and a batch of one")
+
+
+def check_kd_loss(fn: Callable[[np.ndarray, np.ndarray, float], float]) -> None:
+    """``fn(student, teacher, T)`` -> T**2 * mean over the batch of KL(softmax(teacher/T) || softmax(student/T))."""
+    from .distillation import kd_loss
+
+    name = "check_kd_loss"
+    for case, s, t, T in _logit_cases():
+        expected = kd_loss(s, t, T)
+        got = float(_call(name, case, fn, s.copy(), t.copy(), T))
+        if not np.isclose(got, expected, rtol=1e-6, atol=1e-9):
+            ratio = got / expected if expected else float("nan")
+            hint = "T**2 * sum_i p_i (log p_i - log q_i), p = teacher, q = student, both at temperature T; mean over the batch"
+            if np.isclose(ratio, 1 / T**2, rtol=1e-3) and T != 1:
+                hint = "the T**2 factor is missing"
+            elif np.isclose(ratio, len(s), rtol=1e-3) and len(s) > 1:
+                hint = "average over the batch, do not sum"
+            fail(name, case, f"{expected:.8g}", f"{got:.8g}", hint)
+    passed(name, "4 cases match T^2 KL(teacher || student), batch mean, stable for large logits")
+
+
+def check_kd_grad(fn: Callable[[np.ndarray, np.ndarray, float], np.ndarray]) -> None:
+    """``fn(student, teacher, T)`` -> dL_KD / d(student logits), shape (batch, classes)."""
+    from .distillation import kd_grad
+
+    name = "check_kd_grad"
+    for case, s, t, T in _logit_cases():
+        expected = kd_grad(s, t, T)
+        got = np.asarray(_call(name, case, fn, s.copy(), t.copy(), T), dtype=np.float64)
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-6, atol=1e-12):
+            fail(
+                name,
+                case,
+                np.round(expected[0, :4], 6).tolist(),
+                np.round(got.ravel()[:4], 6).tolist(),
+                "T * (q - p) / batch: student minus teacher probabilities at temperature T",
+            )
+    passed(name, "4 cases equal T (q - p) / B")
+
+
+def check_distillation_step(fn: Callable[..., float]) -> None:
+    """``fn(student, optimizer, x, y, teacher_logits, T, alpha)``: one optimizer step on the distillation loss; returns the loss."""
+    from .distillation import distillation_loss
+    from .models import MLP
+
+    name = "check_distillation_step"
+    torch.manual_seed(19)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    teacher_logits = torch.randn(16, 10) * 3
+    for T, alpha in ((4.0, 0.9), (2.0, 0.3), (1.0, 1.0)):
+        case = f"T = {T}, alpha = {alpha}, two steps in a row"
+        ours, theirs = MLP(hidden=(12,)), MLP(hidden=(12,))
+        theirs.load_state_dict(ours.state_dict())
+        opt_ours = torch.optim.SGD(ours.parameters(), lr=0.1)
+        opt_theirs = torch.optim.SGD(theirs.parameters(), lr=0.1)
+        for step in range(2):
+            expected = distillation_loss(ours(x), teacher_logits, y, T, alpha)
+            opt_ours.zero_grad()
+            expected.backward()
+            opt_ours.step()
+            got = _call(name, case, fn, theirs, opt_theirs, x, y, teacher_logits, T, alpha)
+            if not np.isclose(float(got), expected.item(), rtol=1e-5):
+                fail(
+                    name,
+                    f"{case}, step {step + 1}",
+                    f"loss {expected.item():.6f}",
+                    float(got),
+                    "alpha * kd_loss + (1 - alpha) * cross_entropy, on the student's logits for x",
+                )
+            for p, q in zip(ours.parameters(), theirs.parameters()):
+                if not torch.allclose(p, q, atol=1e-6):
+                    fail(
+                        name,
+                        f"{case}, step {step + 1}",
+                        "the same parameters as one SGD step",
+                        "different parameters",
+                        "zero the gradients, backward, optimizer.step(); do not let the teacher's logits receive gradients",
+                    )
+    passed(name, "3 settings x 2 consecutive steps: same loss and same parameters as the reference")
+
+
+def check_hint_loss(fn: Callable[..., torch.Tensor]) -> None:
+    """``fn(student_features, teacher_features, regressor)`` -> mean squared error of regressor(student) vs teacher."""
+    from .distillation import HintRegressor, hint_loss
+
+    name = "check_hint_loss"
+    torch.manual_seed(20)
+    for cs, ct, hw in ((4, 12, 6), (8, 50, 8)):
+        fs = torch.randn(3, cs, hw, hw, requires_grad=True)
+        ft = torch.randn(3, ct, hw, hw, requires_grad=True)
+        regressor = HintRegressor(cs, ct)
+        case = f"student {cs} channels, teacher {ct}, {hw}x{hw}"
+        expected = hint_loss(fs, ft, regressor)
+        got = _call(name, case, fn, fs, ft, regressor)
+        if not isinstance(got, torch.Tensor) or got.dim() != 0:
+            fail(name, case, "a scalar tensor", repr(type(got)), "return a differentiable scalar")
+        if not torch.isclose(got, expected, rtol=1e-5):
+            fail(name, case, f"{expected.item():.6f}", f"{got.item():.6f}", "mean over all elements of (regressor(student) - teacher)**2")
+        got.backward()
+        if ft.grad is not None and ft.grad.abs().sum() > 0:
+            fail(
+                name,
+                case,
+                "no gradient into the teacher's features",
+                "a gradient reached them",
+                "use teacher_features.detach(): the teacher is fixed",
+            )
+        if regressor.proj.weight.grad is None or fs.grad is None:
+            fail(
+                name,
+                case,
+                "gradients for the regressor and the student",
+                "none",
+                "apply the regressor to the student's features inside the loss",
+            )
+    passed(name, "2 layer pairs: MSE through the regressor, teacher detached, gradients reach student and regressor")
+
+
+def check_attention_map(fn: Callable[..., torch.Tensor]) -> None:
+    """``fn(features, p)`` -> (N, H*W) maps sum_c |F_c|**p, L2-normalised per example."""
+    from .distillation import attention_map
+
+    name = "check_attention_map"
+    torch.manual_seed(21)
+    for shape, p in (((2, 8, 6, 6), 2), ((3, 4, 5, 7), 1), ((1, 50, 8, 8), 2), ((4, 3, 4, 4), 4)):
+        features = torch.randn(*shape) * torch.rand(shape[0], 1, 1, 1) * 5
+        case = f"features {shape}, p = {p}"
+        expected = attention_map(features, p)
+        got = torch.as_tensor(_call(name, case, fn, features.clone(), p))
+        if tuple(got.shape) != tuple(expected.shape):
+            fail(name, case, f"shape {tuple(expected.shape)}", f"shape {tuple(got.shape)}", "sum over channels (dim 1), then flatten H x W")
+        if not torch.allclose(got, expected, atol=1e-6):
+            fail(
+                name,
+                case,
+                expected[0, :4].tolist(),
+                got[0, :4].tolist(),
+                "|F|**p summed over channels, then divide each example's map by its L2 norm (dim 1 after flattening)",
+            )
+    passed(name, "4 feature maps: channel sum of |F|^p, flattened, unit L2 norm per example")

@@ -123,6 +123,28 @@ def make_loaders(
     return train_loader, test_loader
 
 
+def random_shift(x: torch.Tensor, max_shift: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Input jitter: roll every image of the batch (N, C, H, W) by the same random offset in
+    [-max_shift, max_shift] pixels along each axis (MNIST digits have empty borders, so a small roll
+    is a translation)."""
+    if not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"max_shift must be a non-negative int, got {max_shift!r}")
+    dx, dy = torch.randint(-max_shift, max_shift + 1, (2,), generator=generator).tolist()
+    return torch.roll(x, shifts=(dx, dy), dims=(2, 3))
+
+
+def balanced_subset(y: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of ``per_class`` random examples of each class (the shipped data are grouped by class)."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls in torch.unique(y):
+        members = torch.nonzero(y == cls).flatten()
+        if per_class > len(members):
+            raise ValueError(f"per_class={per_class} exceeds the {len(members)} examples of class {int(cls)}")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.sort(torch.cat(chosen)).values
+
+
 # --------------------------------------------------------------------------- full MNIST (opt-in)
 
 

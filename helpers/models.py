@@ -45,19 +45,53 @@ class LeNet5(nn.Module):
         self.fc1 = nn.Linear(c2 * 4 * 4, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv2 feature map (N, c2, 8, 8), before pooling: the hint / attention layer of chapter 07."""
+        return self.conv2(self.pool1(self.conv1(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, 28, 28) -> logits (N, num_classes)."""
-        x = self.pool1(self.conv1(x))
-        x = self.pool2(self.conv2(x))
+        x = self.pool2(self.features(x))
         x = torch.relu(self.fc1(x.flatten(1)))
         return self.fc2(x)
 
 
-MODELS: dict[str, type[nn.Module]] = {"lenet300": LeNet300, "lenet5": LeNet5}
+class MLP(nn.Module):
+    """A ReLU multilayer perceptron 784 -> hidden... -> 10 with optional dropout (chapter 07's teacher and students)."""
+
+    def __init__(self, hidden: tuple[int, ...] = (800, 800), dropout: float = 0.0, num_classes: int = 10) -> None:
+        super().__init__()
+        if not hidden or any(h < 1 for h in hidden):
+            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = 28 * 28
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 28, 28) -> logits (N, num_classes)."""
+        return self.net(x)
+
+
+class Teacher(MLP):
+    """Chapter 07's teacher: a large regularised MLP, 784-800-800-10 with dropout 0.5 (after Hinton et al. 2015's 2x1200)."""
+
+    def __init__(self) -> None:
+        super().__init__(hidden=(800, 800), dropout=0.5)
+
+
+MODELS: dict[str, type[nn.Module]] = {"lenet300": LeNet300, "lenet5": LeNet5, "teacher": Teacher}
 
 
 def build(name: str) -> nn.Module:
-    """A freshly initialised model by name: one of ``MODELS`` ('lenet300', 'lenet5')."""
+    """A freshly initialised model by name: one of ``MODELS`` ('lenet300', 'lenet5', 'teacher')."""
     if name not in MODELS:
         raise ValueError(f"name must be one of {sorted(MODELS)}, got {name!r}")
     return MODELS[name]()

@@ -24,6 +24,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 RECIPES: dict[str, dict] = {
     "lenet300": {"epochs": 20, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "seed": 0},
     "lenet5": {"epochs": 12, "batch_size": 64, "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4, "seed": 0},
+    # chapter 07's teacher: dropout in the model plus input jitter (random shifts of up to 2 pixels)
+    "teacher": {"epochs": 12, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "seed": 0, "jitter": 2},
 }
 
 
@@ -43,6 +45,7 @@ def train(
     progress: bool = True,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` in place with mini-batch gradient descent.
 
@@ -57,6 +60,7 @@ def train(
         progress: show a tqdm progress bar per epoch.
         loss_fn: ``loss_fn(logits, y)``; defaults to cross-entropy.
         scheduler: stepped once per epoch when given.
+        transform: applied to each training batch ``x`` (e.g. input jitter).
 
     Returns:
         ``{"loss": [...], "accuracy": [...]}``: mean training loss and accuracy of each epoch.
@@ -77,6 +81,8 @@ def train(
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress)
         for x, y in bar:
             x, y = x.to(device), y.to(device)
+            if transform is not None:
+                x = transform(x)
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -150,7 +156,7 @@ def recipe_key(name: str) -> str:
 
 
 def pretrained(name: str, cache: Path | None = None, progress: bool = False, verbose: bool = True) -> nn.Module:
-    """The baseline ``name`` ('lenet300' or 'lenet5') trained with its fixed recipe, in eval mode on the CPU.
+    """The baseline ``name`` ('lenet300', 'lenet5' or 'teacher') trained with its fixed recipe, in eval mode on the CPU.
 
     The first call trains it on the shipped MNIST subset (a few seconds to about 15 s on a laptop
     CPU) and caches the state_dict in the cache folder; later calls load it with
@@ -180,7 +186,13 @@ def pretrained(name: str, cache: Path | None = None, progress: bool = False, ver
         train_loader, _ = make_loaders(batch_size=recipe["batch_size"], seed=recipe["seed"])
         optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"], weight_decay=recipe["weight_decay"])
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe["epochs"])
-        train(model, train_loader, recipe["epochs"], optimizer=optimizer, scheduler=scheduler, progress=progress)
+        transform = None
+        if recipe.get("jitter"):
+            from .data import random_shift
+
+            jitter_generator = torch.Generator().manual_seed(recipe["seed"])
+            transform = lambda x: random_shift(x, recipe["jitter"], jitter_generator)  # noqa: E731
+        train(model, train_loader, recipe["epochs"], optimizer=optimizer, scheduler=scheduler, progress=progress, transform=transform)
     tmp = path.with_suffix(f".{os.getpid()}.part")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)

@@ -143,3 +143,20 @@ def test_full_mnist_uses_verified_cached_files(tmp_path: Path, monkeypatch: pyte
     x_train, y_train, x_test, y_test = data.load_mnist(full=True, cache=tmp_path)
     assert x_train.shape == (6, 1, 28, 28) and y_test.tolist() == [0, 1, 2]
     assert torch.allclose(x_train[0, 0], torch.from_numpy(files["train-images-idx3-ubyte.gz"][0] / 255.0).float())
+
+
+def test_random_shift_and_balanced_subset() -> None:
+    x = torch.zeros(2, 1, 28, 28)
+    x[:, 0, 10, 10] = 1.0
+    shifted = data.random_shift(x, 2, torch.Generator().manual_seed(0))
+    position = torch.nonzero(shifted[0, 0])[0].tolist()
+    assert abs(position[0] - 10) <= 2 and abs(position[1] - 10) <= 2 and shifted.sum() == 2
+    assert torch.equal(data.random_shift(x, 0), x)
+    with pytest.raises(ValueError, match="max_shift"):
+        data.random_shift(x, -1)
+    y = torch.tensor([0] * 10 + [1] * 5 + [2] * 7)
+    idx = data.balanced_subset(y, 3, seed=1)
+    assert torch.bincount(y[idx]).tolist() == [3, 3, 3] and torch.equal(idx, torch.sort(idx).values)
+    assert torch.equal(idx, data.balanced_subset(y, 3, seed=1))
+    with pytest.raises(ValueError, match="per_class"):
+        data.balanced_subset(y, 6)

@@ -1,0 +1,190 @@
+"""Knowledge distillation: temperature softmax, the KD loss and its gradient, hints and attention transfer.
+
+Conventions: logits have shape (batch, classes). ``kd_loss`` is Hinton et al. (2015)'s soft-target
+term ``T**2 * KL(p_teacher || p_student)`` with both distributions softened by the temperature T,
+averaged over the batch. The ``T**2`` keeps its gradient magnitude comparable to the hard-label
+loss's as T changes. Functions accept numpy arrays or torch tensors (with autograd).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Array = np.ndarray | torch.Tensor
+
+
+def _check_t(T: float) -> float:
+    if isinstance(T, bool) or not isinstance(T, (int, float, np.floating)) or not T > 0:
+        raise ValueError(f"T (temperature) must be a number > 0, got {T!r}")
+    return float(T)
+
+
+def _check_logits(name: str, logits: Array) -> None:
+    if not isinstance(logits, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(logits).__name__}")
+    if logits.ndim != 2 or logits.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (batch, classes) with batch >= 1, got {tuple(logits.shape)}")
+
+
+def softmax_t(logits: Array, T: float = 1.0) -> Array:
+    """``softmax(logits / T)`` along the last axis, stable for large logits (the max is subtracted first)."""
+    T = _check_t(T)
+    if isinstance(logits, torch.Tensor):
+        return torch.softmax(logits / T, dim=-1)
+    z = np.asarray(logits, dtype=np.float64) / T
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def log_softmax_t(logits: Array, T: float = 1.0) -> Array:
+    """``log softmax(logits / T)``, computed stably (log-sum-exp)."""
+    T = _check_t(T)
+    if isinstance(logits, torch.Tensor):
+        return torch.log_softmax(logits / T, dim=-1)
+    z = np.asarray(logits, dtype=np.float64) / T
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def kd_loss(student_logits: Array, teacher_logits: Array, T: float) -> Array:
+    """``T**2 * mean_batch KL(softmax(teacher / T) || softmax(student / T))``.
+
+    numpy in -> float; torch in -> scalar tensor, differentiable w.r.t. the student's logits
+    (the teacher's are treated as constants).
+    """
+    T = _check_t(T)
+    _check_logits("student_logits", student_logits)
+    _check_logits("teacher_logits", teacher_logits)
+    if tuple(student_logits.shape) != tuple(teacher_logits.shape):
+        raise ValueError(f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}")
+    if isinstance(student_logits, torch.Tensor):
+        teacher = torch.as_tensor(teacher_logits, dtype=student_logits.dtype).detach()
+        log_p = torch.log_softmax(teacher / T, dim=-1)
+        log_q = torch.log_softmax(student_logits / T, dim=-1)
+        return T * T * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    log_p = log_softmax_t(np.asarray(teacher_logits), T)
+    log_q = log_softmax_t(student_logits, T)
+    return float(T * T * (np.exp(log_p) * (log_p - log_q)).sum(-1).mean())
+
+
+def kd_grad(student_logits: np.ndarray, teacher_logits: np.ndarray, T: float) -> np.ndarray:
+    """Gradient of :func:`kd_loss` w.r.t. the student's logits: ``T * (q - p) / batch``,
+    with ``q = softmax(student / T)`` and ``p = softmax(teacher / T)``."""
+    T = _check_t(T)
+    _check_logits("student_logits", student_logits)
+    q = softmax_t(student_logits, T)
+    p = softmax_t(teacher_logits, T)
+    return T * (q - p) / len(student_logits)
+
+
+def distillation_loss(student_logits: Array, teacher_logits: Array, labels: Array, T: float, alpha: float) -> Array:
+    """``alpha * kd_loss + (1 - alpha) * cross_entropy(student_logits, labels)``; alpha in [0, 1]."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    soft = kd_loss(student_logits, teacher_logits, T)
+    if isinstance(student_logits, torch.Tensor):
+        hard = F.cross_entropy(student_logits, torch.as_tensor(labels, dtype=torch.long))
+    else:
+        log_q = log_softmax_t(student_logits, 1.0)
+        hard = float(-log_q[np.arange(len(labels)), np.asarray(labels)].mean())
+    return alpha * soft + (1.0 - alpha) * hard
+
+
+# ----------------------------------------------------------------------------- feature distillation
+
+
+class HintRegressor(nn.Module):
+    """FitNets' regressor (Romero et al. 2015): a 1x1 convolution mapping the student's hint-layer
+    channels onto the teacher's, trained jointly with the student."""
+
+    def __init__(self, student_channels: int, teacher_channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+
+    def forward(self, student_features: torch.Tensor) -> torch.Tensor:
+        return self.proj(student_features)
+
+
+def hint_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, regressor: nn.Module) -> torch.Tensor:
+    """``mean((regressor(student) - teacher)**2)``: the student's features, mapped, should match the teacher's."""
+    mapped = regressor(student_features)
+    if mapped.shape != teacher_features.shape:
+        raise ValueError(f"regressed student features {tuple(mapped.shape)} do not match the teacher's {tuple(teacher_features.shape)}")
+    return F.mse_loss(mapped, teacher_features.detach())
+
+
+def attention_map(features: torch.Tensor, p: int = 2) -> torch.Tensor:
+    """Spatial attention of a feature map (Zagoruyko & Komodakis 2017): ``sum_c |A_c|**p``, flattened
+    and L2-normalised per example. (N, C, H, W) -> (N, H*W)."""
+    if features.dim() != 4:
+        raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
+    return F.normalize(features.abs().pow(p).sum(1).flatten(1), dim=1)
+
+
+def attention_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, p: int = 2) -> torch.Tensor:
+    """Mean squared difference of the normalised attention maps (the authors' reference form).
+    The spatial sizes must match; the channel counts may differ."""
+    a_s, a_t = attention_map(student_features, p), attention_map(teacher_features, p).detach()
+    if a_s.shape != a_t.shape:
+        raise ValueError(f"attention maps differ in size: {tuple(a_s.shape)} vs {tuple(a_t.shape)}; match the spatial sizes")
+    return (a_s - a_t).pow(2).mean()
+
+
+# ----------------------------------------------------------------------------- a training loop
+
+
+def distill(
+    student: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    epochs: int,
+    T: float = 4.0,
+    alpha: float = 0.9,
+    lr: float = 0.05,
+    seed: int = 0,
+    batch_size: int = 64,
+    extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    extra_params: list[nn.Parameter] | None = None,
+    max_grad_norm: float = 5.0,
+) -> nn.Module:
+    """Train ``student`` on ``(x, y)`` with :func:`distillation_loss` against precomputed ``teacher_logits``.
+
+    ``teacher_logits=None`` trains from scratch with cross-entropy (the same loop otherwise, so a
+    comparison changes only the loss). The batch order depends only on ``seed``. ``extra_loss(student,
+    x_batch, index_batch)`` adds a feature loss (hint, attention); ``extra_params`` (e.g. a hint
+    regressor) are trained along. Gradients are clipped to ``max_grad_norm``: sharp teachers give
+    large early gradients at high temperature.
+    """
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    index = torch.arange(len(x))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y, index), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    params = list(student.parameters()) + list(extra_params or [])
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    for _ in range(epochs):
+        student.train()
+        for xb, yb, ib in loader:
+            logits = student(xb)
+            if teacher_logits is None:
+                loss = F.cross_entropy(logits, yb)
+            else:
+                loss = distillation_loss(logits, teacher_logits[ib], yb, T, alpha)
+            if extra_loss is not None:
+                loss = loss + extra_loss(student, xb, ib)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+        scheduler.step()
+    student.eval()
+    return student
