@@ -1208,3 +1208,187 @@ def check_attention_map(fn: Callable[..., torch.Tensor]) -> None:
                 "|F|**p summed over channels, then divide each example's map by its L2 norm (dim 1 after flattening)",
             )
     passed(name, "4 feature maps: channel sum of |F|^p, flattened, unit L2 norm per example")
+
+
+# ----------------------------------------------------------------------------- chapter 08: low-rank factorization
+
+
+def check_truncated_svd(fn: Callable[[np.ndarray, int], tuple]) -> None:
+    """``fn(W, rank)`` -> (U_r (m, r), S_r (r,), Vt_r (r, n)) of the leading singular triplets."""
+    from .lowrank import low_rank_approx
+
+    name = "check_truncated_svd"
+    rng = np.random.default_rng(22)
+    for shape, rank in (((8, 5), 2), ((5, 8), 3), ((30, 30), 30), ((12, 7), 1)):
+        W = rng.standard_normal(shape)
+        case = f"W {shape}, rank {rank}"
+        got = _call(name, case, fn, W.copy(), rank)
+        U, S, Vt = (np.asarray(v) for v in got)
+        if U.shape != (shape[0], rank) or S.shape != (rank,) or Vt.shape != (rank, shape[1]):
+            fail(
+                name,
+                case,
+                f"shapes {(shape[0], rank)}, {(rank,)}, {(rank, shape[1])}",
+                f"{U.shape}, {S.shape}, {Vt.shape}",
+                "np.linalg.svd(W, full_matrices=False) gives U, S, Vt; keep the first `rank` columns of U, entries of S, rows of Vt",
+            )
+        if not np.allclose((U * S) @ Vt, low_rank_approx(W, rank), atol=1e-8):
+            fail(
+                name,
+                case,
+                "U_r diag(S_r) Vt_r = the best rank-r approximation",
+                "a different matrix",
+                "keep the LARGEST singular values (np.linalg.svd sorts them in decreasing order)",
+            )
+    passed(name, "4 matrices (tall, wide, square full rank, rank 1)")
+
+
+def check_low_rank_error(fn: Callable[[np.ndarray, int], float]) -> None:
+    """``fn(singular_values, rank)`` -> Frobenius error of the rank-r truncation, sqrt(sum of the discarded sigma**2)."""
+    name = "check_low_rank_error"
+    rng = np.random.default_rng(23)
+    for n, rank in ((10, 3), (10, 10), (5, 1), (40, 12)):
+        W = rng.standard_normal((n + 3, n))
+        S = np.linalg.svd(W, compute_uv=False)
+        U, S_, Vt = np.linalg.svd(W, full_matrices=False)
+        expected = float(np.linalg.norm(W - (U[:, :rank] * S_[:rank]) @ Vt[:rank]))
+        case = f"{n} singular values, rank {rank}"
+        got = float(_call(name, case, fn, S.copy(), rank))
+        if not np.isclose(got, expected, rtol=1e-9, atol=1e-12):
+            fail(
+                name,
+                case,
+                f"{expected:.8g}",
+                f"{got:.8g}",
+                "Eckart-Young: sqrt(sum of sigma_i**2 for i >= rank) (0-based); the square root matters",
+            )
+    passed(name, "4 cases equal the measured error ||W - W_r||_F")
+
+
+def check_rank_for_energy(fn: Callable[[np.ndarray, float], int]) -> None:
+    """``fn(singular_values, energy)`` -> smallest r with sum(sigma[:r]**2) >= energy * sum(sigma**2)."""
+    from .lowrank import rank_for_energy
+
+    name = "check_rank_for_energy"
+    rng = np.random.default_rng(24)
+    cases = [(np.array([3.0, 2.0, 1.0, 0.0]), e) for e in (0.5, 9 / 14, 0.65, 13 / 14, 0.99, 1.0)]
+    cases += [(np.sort(rng.random(50))[::-1] ** 3, e) for e in (0.3, 0.9)]
+    for s, energy in cases:
+        case = f"sigma {np.round(s[:4], 3).tolist()}..., energy {energy:.4f}"
+        expected = rank_for_energy(s, energy)
+        got = _as_int(name, case, _call(name, case, fn, s.copy(), energy))
+        if got != expected:
+            fail(
+                name,
+                case,
+                expected,
+                got,
+                "energy is sum of sigma**2 (not sigma); the smallest r whose cumulative energy reaches the target; r counts from 1",
+            )
+    passed(name, f"{len(cases)} cases incl. exact thresholds and trailing zeros")
+
+
+def check_factorize_linear(fn: Callable[[nn.Linear, int], nn.Module]) -> None:
+    """``fn(layer, rank)`` -> nn.Sequential(Linear(in, r, bias=False) = sqrt(S) Vt, Linear(r, out) = U sqrt(S) + bias)."""
+    from .lowrank import low_rank_approx, truncated_svd
+
+    name = "check_factorize_linear"
+    torch.manual_seed(25)
+    for fan_in, fan_out, rank in ((20, 12, 4), (50, 30, 30), (9, 16, 1)):
+        layer = nn.Linear(fan_in, fan_out)
+        case = f"Linear({fan_in}, {fan_out}), rank {rank}"
+        got = _call(name, case, fn, layer, rank)
+        if not isinstance(got, nn.Sequential) or len(got) != 2 or not all(isinstance(m, nn.Linear) for m in got):
+            fail(name, case, "nn.Sequential of two nn.Linear", repr(got)[:80], "return nn.Sequential(first, second)")
+        first, second = got
+        if tuple(first.weight.shape) != (rank, fan_in) or tuple(second.weight.shape) != (fan_out, rank):
+            fail(
+                name,
+                case,
+                f"weights ({rank}, {fan_in}) and ({fan_out}, {rank})",
+                f"{tuple(first.weight.shape)} and {tuple(second.weight.shape)}",
+                "first layer: in -> rank (weight sqrt(S) Vt); second: rank -> out (weight U sqrt(S)); check for a transposed factor",
+            )
+        x = torch.randn(5, fan_in)
+        expected = x.double() @ torch.from_numpy(low_rank_approx(layer.weight.detach().double(), rank)).T + layer.bias.double()
+        with torch.no_grad():
+            out = got(x).double()
+        if not torch.allclose(out, expected, atol=1e-4):
+            fail(
+                name,
+                case,
+                "x W_r^T + b",
+                f"max difference {(out - expected).abs().max():.3g}",
+                "the bias belongs to the second layer only; use the leading singular triplets",
+            )
+        _, S, _ = truncated_svd(layer.weight.detach().double(), rank)
+        norms = first.weight.detach().double().norm(dim=1).numpy()
+        if not np.allclose(norms, np.sqrt(S), rtol=1e-4):
+            fail(
+                name,
+                case,
+                f"row norms of the first weight = sqrt(S) = {np.round(np.sqrt(S[:3]), 4).tolist()}",
+                np.round(norms[:3], 4).tolist(),
+                "split sqrt(S) between the two factors: first = sqrt(S)[:, None] * Vt, second = U * sqrt(S)",
+            )
+    passed(name, "3 layers: correct product, shapes and the even sqrt(S) split")
+
+
+def check_hosvd(fn: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    """``fn(K, rank_out, rank_in)`` -> (core, U_out, U_in) of the Tucker-2 HOSVD of a 4-d kernel."""
+    from .lowrank import hosvd_tucker2, tucker2_reconstruct
+
+    name = "check_hosvd"
+    rng = np.random.default_rng(26)
+    for shape, r_out, r_in in (((6, 4, 3, 3), 3, 2), ((10, 5, 5, 5), 10, 5), ((8, 6, 1, 1), 2, 6)):
+        K = rng.standard_normal(shape)
+        case = f"K {shape}, ranks ({r_out}, {r_in})"
+        ref_core, ref_out, ref_in = hosvd_tucker2(K, r_out, r_in)
+        got = _call(name, case, fn, K.copy(), r_out, r_in)
+        core, U_out, U_in = (np.asarray(v, dtype=np.float64) for v in got)
+        if U_out.shape != ref_out.shape or U_in.shape != ref_in.shape or core.shape != ref_core.shape:
+            fail(
+                name,
+                case,
+                f"core {ref_core.shape}, U_out {ref_out.shape}, U_in {ref_in.shape}",
+                f"{core.shape}, {U_out.shape}, {U_in.shape}",
+                "U_out from the mode-0 unfolding (C_out rows), U_in from the mode-1 unfolding (C_in rows)",
+            )
+        if not np.allclose(U_out @ U_out.T, ref_out @ ref_out.T, atol=1e-8) or not np.allclose(U_in @ U_in.T, ref_in @ ref_in.T, atol=1e-8):
+            fail(
+                name,
+                case,
+                "the leading left singular subspaces of the unfoldings",
+                "different subspaces",
+                "mode-1 unfolding: move axis 1 to the front before reshaping (K.transpose(1, 0, 2, 3).reshape(C_in, -1))",
+            )
+        if not np.allclose(tucker2_reconstruct(core, U_out, U_in), tucker2_reconstruct(ref_core, ref_out, ref_in), atol=1e-8):
+            fail(
+                name,
+                case,
+                "core = K x0 U_out^T x1 U_in^T",
+                "a different core",
+                "project K onto the factors: contract mode 0 with U_out and mode 1 with U_in",
+            )
+    passed(name, "3 kernels: orthonormal factors spanning the right subspaces, and the projected core")
+
+
+def check_tucker2_macs(fn: Callable[..., int]) -> None:
+    """``fn(c_in, c_out, k, rank_in, rank_out, height, width, padding)`` -> MACs of the Tucker-2 block (stride 1), one image."""
+    from .lowrank import tucker2_conv
+
+    name = "check_tucker2_macs"
+    torch.manual_seed(27)
+    for c_in, c_out, k, r_in, r_out, h, w, pad in ((20, 50, 5, 8, 16, 12, 12, 0), (16, 32, 3, 4, 8, 10, 14, 1), (3, 6, 3, 3, 6, 9, 9, 0)):
+        case = f"c_in={c_in}, c_out={c_out}, k={k}, ranks in/out {r_in}/{r_out}, {h}x{w}, padding {pad}"
+        expected = count_macs(tucker2_conv(nn.Conv2d(c_in, c_out, k, padding=pad), r_out, r_in), (1, c_in, h, w))
+        got = _as_int(name, case, _call(name, case, fn, c_in, c_out, k, r_in, r_out, h, w, pad))
+        if got != expected:
+            fail(
+                name,
+                case,
+                expected,
+                got,
+                "first 1x1 on the INPUT size (c_in r_in H W); core on the output size (r_in r_out k^2 H' W'); last 1x1 (r_out c_out H' W')",
+            )
+    passed(name, "3 blocks equal the hook count")

@@ -141,3 +141,37 @@ def quantization_explorer(values: np.ndarray | torch.Tensor) -> widgets.Widget:
 
     output = widgets.interactive_output(show, {"bits": bits, "clip": clip})
     return widgets.VBox([widgets.HBox([bits, clip]), output])
+
+
+def draw_low_rank(image: np.ndarray, rank: int) -> Figure:
+    """An image (H, W) next to its rank-``rank`` SVD approximation, with the storage and the error."""
+    from .lowrank import low_rank_approx
+
+    a = np.asarray(image, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"image must be 2-d, got shape {a.shape}")
+    approx = low_rank_approx(a, rank)
+    error = np.linalg.norm(a - approx) / np.linalg.norm(a)
+    stored = rank * (a.shape[0] + a.shape[1])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.4))
+    left.imshow(a, cmap="gray_r")
+    left.set_title(f"original: {a.size:,} numbers")
+    right.imshow(approx, cmap="gray_r")
+    right.set_title(f"rank {rank}: {stored:,} numbers ({a.size / stored:.1f}x fewer), error {error:.1%}")
+    for ax in (left, right):
+        ax.set_xlabel("column")
+        ax.set_ylabel("row")
+    fig.tight_layout()
+    return fig
+
+
+def low_rank_explorer(image: np.ndarray) -> widgets.Widget:
+    """A rank slider over :func:`draw_low_rank`."""
+    rank = widgets.IntSlider(value=10, min=1, max=min(np.shape(image)), description="rank", continuous_update=False)
+
+    def show(rank: int) -> None:
+        draw_low_rank(image, rank)
+        plt.show()
+
+    output = widgets.interactive_output(show, {"rank": rank})
+    return widgets.VBox([rank, output])

@@ -695,6 +695,92 @@ WRONG.update(
     }
 )
 
+from helpers import lowrank as LR  # noqa: E402
+
+
+def _factorize_all_s_first(layer, rank):
+    U, S, Vt = LR.truncated_svd(layer.weight.detach().double(), rank)
+    first, second = torch.nn.Linear(layer.in_features, rank, bias=False), torch.nn.Linear(rank, layer.out_features)
+    with torch.no_grad():
+        first.weight.copy_(torch.from_numpy(S[:, None] * Vt))
+        second.weight.copy_(torch.from_numpy(U))
+        second.bias.copy_(layer.bias)
+    return torch.nn.Sequential(first, second)
+
+
+def _factorize_transposed(layer, rank):
+    U, S, Vt = LR.truncated_svd(layer.weight.detach().double(), rank)
+    root = np.sqrt(S)
+    first, second = torch.nn.Linear(rank, layer.in_features, bias=False), torch.nn.Linear(layer.out_features, rank)
+    with torch.no_grad():
+        first.weight.copy_(torch.from_numpy((root[:, None] * Vt).T))
+        second.weight.copy_(torch.from_numpy((U * root).T))
+    return torch.nn.Sequential(first, second)
+
+
+def _hosvd_wrong_unfolding(K, r_out, r_in):
+    U_out = np.linalg.svd(K.reshape(K.shape[0], -1), full_matrices=False)[0][:, :r_out]
+    U_in = np.linalg.svd(K.reshape(K.shape[1], -1), full_matrices=False)[0][:, :r_in]  # reshape without moving the axis
+    core = LR.mode_product(LR.mode_product(K, U_out.T, 0), U_in.T, 1)
+    return core, U_out, U_in
+
+
+def _hosvd_smallest(K, r_out, r_in):
+    U_out = np.linalg.svd(LR.unfold(K, 0), full_matrices=False)[0][:, -r_out:]
+    U_in = np.linalg.svd(LR.unfold(K, 1), full_matrices=False)[0][:, -r_in:]
+    return LR.mode_product(LR.mode_product(K, U_out.T, 0), U_in.T, 1), U_out, U_in
+
+
+def _tucker_macs_first_on_output(c_in, c_out, k, r_in, r_out, h, w, pad=0):
+    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    return LR.tucker2_macs(c_in, c_out, k, r_in, r_out, ho, wo, ho, wo)
+
+
+def _tucker_macs(c_in, c_out, k, r_in, r_out, h, w, pad=0):
+    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    return LR.tucker2_macs(c_in, c_out, k, r_in, r_out, h, w, ho, wo)
+
+
+WRONG.update(
+    {
+        "check_truncated_svd": (
+            LR.truncated_svd,
+            [
+                lambda W, r: (lambda U, S, Vt: (U, S, Vt.T))(*LR.truncated_svd(W, r)),  # V instead of V^T
+                lambda W, r: (lambda U, S, Vt: (U[:, -r:], S[-r:], Vt[-r:]))(*np.linalg.svd(W, full_matrices=False)),  # smallest
+            ],
+        ),
+        "check_low_rank_error": (
+            lambda S, r: float(np.sqrt(np.sum(S[r:] ** 2))),
+            [
+                lambda S, r: float(np.sum(S[r:] ** 2)),  # no square root
+                lambda S, r: float(np.sqrt(np.sum(S[r + 1 :] ** 2))),  # off by one
+                lambda S, r: float(np.sum(S[r:])),  # sum of sigma
+            ],
+        ),
+        "check_rank_for_energy": (
+            LR.rank_for_energy,
+            [
+                lambda s, e: int(np.searchsorted(np.cumsum(s**2) / np.sum(s**2), e)),  # 0-based: off by one
+                lambda s, e: LR.rank_for_energy(np.sqrt(s), e),  # energy of sigma, not sigma^2
+                lambda s, e: min(LR.rank_for_energy(s, e) + 1, len(s)),  # one too many
+            ],
+        ),
+        "check_factorize_linear": (LR.factorize_linear, [_factorize_all_s_first, _factorize_transposed]),
+        "check_hosvd": (LR.hosvd_tucker2, [_hosvd_wrong_unfolding, _hosvd_smallest]),
+        "check_tucker2_macs": (
+            _tucker_macs,
+            [
+                _tucker_macs_first_on_output,  # first 1x1 on the output size
+                lambda c_in, c_out, k, r_in, r_out, h, w, pad=0: (
+                    _tucker_macs(c_in, c_out, k, r_in, r_out, h, w, pad) - r_out * c_out * (h + 2 * pad - k + 1) * (w + 2 * pad - k + 1)
+                ),  # forgets the last 1x1
+                lambda c_in, c_out, k, r_in, r_out, h, w, pad=0: _tucker_macs(c_in, c_out, k, r_in, r_out, h, w, 0),  # ignores padding
+            ],
+        ),
+    }
+)
+
 EXTRA_ARGS: dict[str, Callable[[], tuple]] = {"check_quantize": lambda: (Q.dequantize,), "check_activation_ranges": _activation_args}
 
 

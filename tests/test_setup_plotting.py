@@ -120,3 +120,18 @@ def test_quantization_explorer_draws_and_builds() -> None:
     plt.close("all")
     with pytest.raises(ValueError, match="clip"):
         widgets.draw_quantization(values, 4, 0.0)
+
+
+def test_low_rank_explorer_draws_and_builds() -> None:
+    import ipywidgets
+
+    from helpers import widgets
+
+    image = np.random.default_rng(0).random((20, 30))
+    fig = widgets.draw_low_rank(image, 5)
+    assert "rank 5" in fig.axes[1].get_title() and fig.axes[0].get_xlabel() == "column"
+    plt.close("all")
+    assert isinstance(widgets.low_rank_explorer(image), ipywidgets.Widget)
+    plt.close("all")
+    with pytest.raises(ValueError, match="2-d"):
+        widgets.draw_low_rank(np.zeros(5), 1)
