@@ -145,6 +145,11 @@ def pareto_plot(
         ax.plot([r["bytes"] for r in best], [100 * r["accuracy"] for r in best], "k--", alpha=0.5, label="Pareto front")
         ax.legend(loc="lower right")
     ax.set_xscale("log")
+    accuracies = [100 * row["accuracy"] for row in rows]
+    low, high = min(accuracies), max(accuracies)
+    if high - low < 4.0:  # do not magnify differences of a few tenths of a point into a cliff
+        middle = (high + low) / 2
+        ax.set_ylim(middle - 2.5, middle + 2.5)
     ax.set_xlabel("bytes on disk (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)

@@ -64,6 +64,8 @@ def test_pareto_front_and_plot() -> None:
     assert [r["name"] for r in plotting.pareto_front(rows)] == ["tiny", "small", "big"]
     ax = plotting.pareto_plot(rows)
     assert ax.get_xscale() == "log" and "bytes" in ax.get_xlabel() and "accuracy" in ax.get_ylabel()
+    close = plotting.pareto_plot([{"name": "a", "accuracy": 0.931, "bytes": 10}, {"name": "b", "accuracy": 0.932, "bytes": 100}])
+    assert close.get_ylim()[1] - close.get_ylim()[0] >= 4.9  # small differences are not magnified
     plt.close("all")
     with pytest.raises(ValueError, match="lacks"):
         plotting.pareto_plot([{"name": "x", "accuracy": 0.5}])
