@@ -36,10 +36,7 @@ def softmax_t(logits: Array, T: float = 1.0) -> Array:
     T = _check_t(T)
     if isinstance(logits, torch.Tensor):
         return torch.softmax(logits / T, dim=-1)
-    z = np.asarray(logits, dtype=np.float64) / T
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    return np.exp(log_softmax_t(logits, T))
 
 
 def log_softmax_t(logits: Array, T: float = 1.0) -> Array:
