@@ -16,7 +16,7 @@ import torch
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "available_cores", "cache_dir", "seed_everything", "setup"]
+__all__ = ["__version__", "available_cores", "cache_dir", "choose_threads", "cpu_quota", "seed_everything", "setup"]
 
 
 def cache_dir() -> Path:
@@ -36,8 +36,61 @@ def cache_dir() -> Path:
 
 
 def available_cores() -> int:
-    """Cores this process may use (the thread count :func:`setup` picks by default)."""
+    """Cores this process may run on (its CPU affinity mask; ``os.cpu_count()`` where there is none)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in cores (e.g. 1.5), or ``None`` when there is none.
+
+    Reads cgroup v2 ``cpu.max`` ("quota period" or "max period") and falls back to cgroup v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``. A JupyterHub or a container often caps a kernel this
+    way while ``os.cpu_count()`` still reports every core of the server.
+    """
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def choose_threads(threads: int | None = None) -> tuple[int, str]:
+    """The torch thread count a notebook should use, and why: ``(threads, reason)``.
+
+    In order: an explicit ``threads``; ``$OMP_NUM_THREADS``; else one thread per usable core, where
+    usable means within the affinity mask and the cgroup CPU quota, less one core kept free for the
+    rest of the machine (Jupyter, the browser, other kernels) when there are at most four, and never
+    fewer than one.
+
+    Why one thread on a 2-core laptop: the course's models are small, so a second thread buys little
+    (notebook 00: 1.1x quiet), while an OpenMP thread that shares its core with another busy process
+    waits at every barrier: a 784-30-10 student took 86 s at 2 threads vs 6 s at 1 with one core busy.
+    """
+    if threads is not None:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        return threads, "asked for"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        try:
+            value = int(env.split(",")[0])
+        except ValueError:
+            value = 0
+        if value >= 1:
+            return value, "OMP_NUM_THREADS"
+    cores = available_cores()
+    quota = cpu_quota()
+    usable = cores if quota is None else max(1, min(cores, int(quota)))
+    reason = f"{cores} cores" + ("" if quota is None else f", cgroup quota {quota:g} cores")
+    if usable <= 4:
+        return max(1, usable - 1), reason + ", one left free"
+    return usable, reason
 
 
 def seed_everything(seed: int) -> None:
@@ -54,18 +107,16 @@ def setup(seed: int = 0, threads: int | None = None, verbose: bool = True) -> to
 
     Args:
         seed: seed for python, numpy and torch (>= 0).
-        threads: torch intra-op threads; ``None`` uses every core this process may use.
-            A fixed count makes latency numbers comparable between runs.
+        threads: torch intra-op threads; ``None`` picks them with :func:`choose_threads`
+            (``$OMP_NUM_THREADS``, the affinity mask and the cgroup CPU quota). A fixed count makes
+            latency numbers comparable between runs.
         verbose: print the versions, thread count and device.
 
     Returns:
         ``cuda`` when a GPU is present, else ``cpu``.
     """
     available = available_cores()
-    if threads is None:
-        threads = available
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    threads, reason = choose_threads(threads)
     seed_everything(seed)
     torch.set_num_threads(threads)
     from . import plotting  # imported here so that `import helpers` stays light
@@ -80,5 +131,5 @@ def setup(seed: int = 0, threads: int | None = None, verbose: bool = True) -> to
             f"matplotlib {matplotlib.__version__} | helpers {__version__}"
         )
         gpu = f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""
-        print(f"device: {device}{gpu} | torch threads: {threads} of {available} | seed: {seed}")
+        print(f"device: {device}{gpu} | torch threads: {threads} of {available} ({reason}) | seed: {seed}")
     return device

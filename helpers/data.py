@@ -19,7 +19,10 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 MNIST_SUBSET = ASSETS / "mnist_5k.npz"
 MNIST_SUBSET_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4"
 TRAIN_PER_CLASS = 400  # 400 train + 100 test digits of each class in the shipped subset
+VALIDATION_PER_CLASS = 50  # of those 400, 50 are held out for validation: 350 train / 50 val / 100 test
+FULL_VALIDATION_PER_CLASS = 500  # full MNIST: 500 of each class's training digits (5,000) for validation
 SPLIT_SEED = 20151001  # fixed: the split is part of the course, not of a run
+VALIDATION_SEED = 20151002
 
 # The official MNIST files (LeCun & Cortes), from two public mirrors, with their sha256.
 MNIST_MIRRORS = (
@@ -71,22 +74,8 @@ def stratified_split(labels: np.ndarray, train_per_class: int, seed: int) -> tup
     return train_idx, test_idx
 
 
-def load_mnist(full: bool = False, cache: Path | None = None) -> Arrays:
-    """MNIST as tensors ``(x_train, y_train, x_test, y_test)``.
-
-    Images are float32 in [0, 1] with shape (N, 1, 28, 28); labels are int64 with shape (N,).
-
-    Args:
-        full: ``False`` (default) uses the 5,000-digit subset shipped with the course, split
-            4,000 train / 1,000 test (400 / 100 per class), identical on every machine; no network.
-            ``True`` uses the official 60,000 / 10,000 MNIST, downloaded once into the cache
-            folder and checked against its sha256; offline this fails fast with a clear error.
-        cache: folder for the full download (default: ``helpers.cache_dir() / "mnist"``).
-    """
-    if not isinstance(full, bool):
-        raise TypeError(f"full must be True or False, got {full!r}")
-    if full:
-        return _load_full_mnist(cache)
+def _subset_splits() -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The shipped subset's images, labels and (train, validation, test) indices."""
     if sha256_of(MNIST_SUBSET) != MNIST_SUBSET_SHA256:
         raise RuntimeError(
             f"{MNIST_SUBSET} does not match its sha256; restore it with `git checkout -- {MNIST_SUBSET.name}` "
@@ -95,9 +84,52 @@ def load_mnist(full: bool = False, cache: Path | None = None) -> Arrays:
     with np.load(MNIST_SUBSET) as data:
         images, labels = data["images"], data["labels"]
     train_idx, test_idx = stratified_split(labels, TRAIN_PER_CLASS, SPLIT_SEED)
+    val_pos, fit_pos = stratified_split(labels[train_idx], VALIDATION_PER_CLASS, VALIDATION_SEED)
+    return images, labels, (train_idx[fit_pos], train_idx[val_pos], test_idx)
+
+
+def load_mnist(full: bool = False, cache: Path | None = None) -> Arrays:
+    """MNIST as tensors ``(x_train, y_train, x_test, y_test)``; the validation split is :func:`load_validation`.
+
+    Images are float32 in [0, 1] with shape (N, 1, 28, 28); labels are int64 with shape (N,).
+    Training never sees a validation or test image: make every choice (sparsity, rank, T, bits)
+    on :func:`load_validation` and report the test split once.
+
+    Args:
+        full: ``False`` (default) uses the 5,000-digit subset shipped with the course, split
+            3,500 train / 500 validation / 1,000 test (350 / 50 / 100 per class), identical on every
+            machine; no network. ``True`` uses the official MNIST (55,000 train / 5,000 validation /
+            10,000 test), downloaded once into the cache folder and checked against its sha256;
+            offline this fails fast with a clear error.
+        cache: folder for the full download (default: ``helpers.cache_dir() / "mnist"``).
+    """
+    if not isinstance(full, bool):
+        raise TypeError(f"full must be True or False, got {full!r}")
+    if full:
+        x_train, y_train, x_test, y_test = _load_full_mnist(cache)
+        _, fit = stratified_split(y_train.numpy(), FULL_VALIDATION_PER_CLASS, VALIDATION_SEED)
+        return x_train[fit], y_train[fit], x_test, y_test
+    images, labels, (train_idx, _, test_idx) = _subset_splits()
     x_train, y_train = _to_tensors(images[train_idx], labels[train_idx])
     x_test, y_test = _to_tensors(images[test_idx], labels[test_idx])
     return x_train, y_train, x_test, y_test
+
+
+def load_validation(full: bool = False, cache: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation split ``(x_val, y_val)``: 500 digits (50 per class) of the shipped subset, or 5,000
+    of full MNIST's training digits; disjoint from :func:`load_mnist`'s train and test splits.
+
+    Use it for every choice a chapter makes (a sparsity, a rank, a temperature, a bit width, when to
+    stop); the test split is for reporting the chosen model once.
+    """
+    if not isinstance(full, bool):
+        raise TypeError(f"full must be True or False, got {full!r}")
+    if full:
+        x_train, y_train, _, _ = _load_full_mnist(cache)
+        val, _ = stratified_split(y_train.numpy(), FULL_VALIDATION_PER_CLASS, VALIDATION_SEED)
+        return x_train[val], y_train[val]
+    images, labels, (_, val_idx, _) = _subset_splits()
+    return _to_tensors(images[val_idx], labels[val_idx])
 
 
 def make_loaders(

@@ -3,7 +3,8 @@
 Sizes are bytes really serialized (``torch.save`` into memory, or a file's size), never
 "parameters x 4". MACs are multiply-accumulates of Linear and Conv layers counted with forward
 hooks on a real forward pass. Latency is the median over repeated timed calls after warm-up,
-with a fixed thread count, plus its spread (interquartile range).
+with a fixed thread count, plus its spread (interquartile range); to say how much faster B is than
+A, :func:`compare_latency` runs them interleaved in rounds and reports the median per-round ratio.
 """
 
 from __future__ import annotations
@@ -203,6 +204,132 @@ def measure_latency(
         threads=threads if threads is not None else previous_threads,
         times_ms=times,
     )
+
+
+@dataclass
+class Comparison:
+    """Interleaved timings of several callables (see :func:`compare_latency`), in milliseconds.
+
+    ``rounds_ms[name]`` holds one median per round. Within a round every candidate ran back to back,
+    so a burst of load from another process hits all of them alike; ratios are taken per round and
+    then summarised, which cancels most of that load.
+    """
+
+    rounds_ms: dict[str, list[float]]
+    threads: int
+
+    def median_ms(self, name: str) -> float:
+        """Median over rounds of ``name``'s per-round median time."""
+        return float(np.median(self._get(name)))
+
+    def spread_ms(self, name: str) -> tuple[float, float]:
+        """(25th, 75th) percentile over rounds of ``name``'s per-round median time."""
+        p25, p75 = np.percentile(self._get(name), [25, 75])
+        return float(p25), float(p75)
+
+    def ratios(self, slow: str, fast: str) -> np.ndarray:
+        """Per-round speedups ``time(slow) / time(fast)`` (> 1 means ``fast`` is faster)."""
+        return np.asarray(self._get(slow)) / np.asarray(self._get(fast))
+
+    def speedup(self, slow: str, fast: str) -> float:
+        """Median over rounds of ``time(slow) / time(fast)``."""
+        return float(np.median(self.ratios(slow, fast)))
+
+    def speedup_range(self, slow: str, fast: str) -> tuple[float, float]:
+        """(25th, 75th) percentile over rounds of the speedup ``time(slow) / time(fast)``."""
+        p25, p75 = np.percentile(self.ratios(slow, fast), [25, 75])
+        return float(p25), float(p75)
+
+    def _get(self, name: str) -> list[float]:
+        if name not in self.rounds_ms:
+            raise KeyError(f"no candidate named {name!r}; candidates: {list(self.rounds_ms)}")
+        return self.rounds_ms[name]
+
+    def table(self, baseline: str | None = None) -> str:
+        """One line per candidate: median, interquartile range over rounds, speedup over ``baseline``."""
+        baseline = baseline or next(iter(self.rounds_ms))
+        width = max(len(n) for n in self.rounds_ms)
+        lines = [f"{'candidate':<{width}}  median ms   (IQR over rounds)   speedup vs {baseline} (IQR)"]
+        for name in self.rounds_ms:
+            lo, hi = self.spread_ms(name)
+            s_lo, s_hi = self.speedup_range(baseline, name)
+            lines.append(
+                f"{name:<{width}}  {self.median_ms(name):9.3f}   ({lo:8.3f} - {hi:8.3f})   "
+                f"{self.speedup(baseline, name):6.2f}x ({s_lo:.2f} - {s_hi:.2f})"
+            )
+        lines.append(f"{len(next(iter(self.rounds_ms.values())))} rounds, {self.threads} torch threads")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def compare_latency(
+    candidates: Mapping[str, Callable[[Any], Any] | tuple[Callable[[Any], Any], Any]],
+    x: Any = None,
+    rounds: int = 15,
+    calls: int = 5,
+    warmup: int = 3,
+    threads: int | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+) -> Comparison:
+    """Time several callables interleaved in rounds: the robust way to say "B is k times faster than A".
+
+    Each round runs every candidate ``calls`` times back to back (the order rotates from round to
+    round) and keeps the median of those calls. Load from other processes comes and goes in bursts;
+    since the candidates of one round share the same moment, the per-round ratio cancels most of it.
+
+    Args:
+        candidates: name -> callable (called as ``f(x)``), or name -> ``(callable, its own input)``.
+            ``nn.Module`` candidates run in eval mode under ``torch.inference_mode``.
+        x: the input of candidates given without their own.
+        rounds: rounds (>= 3); calls: timed calls per candidate per round (>= 1); warmup: untimed calls
+            per candidate before the first round (>= 0).
+        threads: torch's intra-op thread count during the measurement (restored afterwards);
+            ``None`` keeps the current setting.
+    """
+    if not candidates:
+        raise ValueError("candidates is empty")
+    for name, value, low in (("rounds", rounds, 3), ("calls", calls, 1), ("warmup", warmup, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    runs: dict[str, tuple[Callable, Any]] = {}
+    for name, entry in candidates.items():
+        fn, arg = entry if isinstance(entry, tuple) else (entry, x)
+        if not callable(fn):
+            raise TypeError(f"candidate {name!r} must be callable or (callable, input), got {type(fn).__name__}")
+        runs[name] = (fn, arg)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    modes = {name: fn.training for name, (fn, _) in runs.items() if isinstance(fn, nn.Module)}
+    for name in modes:
+        runs[name][0].eval()
+    names = list(runs)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        with torch.inference_mode():
+            for name in names:
+                fn, arg = runs[name]
+                for _ in range(warmup):
+                    fn(arg)
+            for r in range(rounds):
+                order = names[r % len(names) :] + names[: r % len(names)]
+                for name in order:
+                    fn, arg = runs[name]
+                    times = []
+                    for _ in range(calls):
+                        start = timer()
+                        fn(arg)
+                        times.append((timer() - start) * 1e3)
+                    results[name].append(float(np.median(times)))
+    finally:
+        torch.set_num_threads(previous_threads)
+        for name, was_training in modes.items():
+            runs[name][0].train(was_training)
+    return Comparison(rounds_ms=results, threads=threads if threads is not None else previous_threads)
 
 
 # ----------------------------------------------------------------------------- scorecard

@@ -27,11 +27,22 @@ def test_shipped_subset_checksum_and_content() -> None:
 
 def test_load_mnist_shapes_types_and_stratified_split() -> None:
     x_train, y_train, x_test, y_test = data.load_mnist()
-    assert x_train.shape == (4000, 1, 28, 28) and x_test.shape == (1000, 1, 28, 28)
+    assert x_train.shape == (3500, 1, 28, 28) and x_test.shape == (1000, 1, 28, 28)
     assert x_train.dtype == torch.float32 and y_train.dtype == torch.int64
     assert float(x_train.min()) == 0.0 and float(x_train.max()) == 1.0
-    assert torch.bincount(y_train).tolist() == [400] * 10
+    assert torch.bincount(y_train).tolist() == [350] * 10
     assert torch.bincount(y_test).tolist() == [100] * 10
+    x_val, y_val = data.load_validation()
+    assert x_val.shape == (500, 1, 28, 28) and torch.bincount(y_val).tolist() == [50] * 10
+
+
+def test_train_validation_and_test_are_disjoint_and_cover_the_subset() -> None:
+    x_train, _, x_test, _ = data.load_mnist()
+    x_val, _ = data.load_validation()
+    every = torch.cat([x_train, x_val, x_test]).flatten(1)
+    assert len(every) == 5000 and len(torch.unique(every, dim=0)) == 5000  # no digit in two splits
+    _, _, (train_idx, val_idx, test_idx) = data._subset_splits()
+    assert val_idx[:8].tolist() == FIRST_VALIDATION_INDICES
 
 
 def test_split_is_fixed_and_disjoint() -> None:
@@ -46,7 +57,8 @@ def test_split_is_fixed_and_disjoint() -> None:
     assert train_idx[:8].tolist() == FIRST_TRAIN_INDICES
 
 
-FIRST_TRAIN_INDICES = [0, 2, 3, 5, 6, 7, 8, 9]
+FIRST_TRAIN_INDICES = [0, 2, 3, 5, 6, 7, 8, 9]  # of the 4,000 before the validation split
+FIRST_VALIDATION_INDICES = [2, 12, 34, 37, 39, 46, 47, 77]
 
 
 def test_corrupted_subset_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,9 +152,18 @@ def test_full_mnist_uses_verified_cached_files(tmp_path: Path, monkeypatch: pyte
         raise AssertionError("must not download files that are cached and verified")
 
     monkeypatch.setattr(data.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(data, "FULL_VALIDATION_PER_CLASS", 0)
     x_train, y_train, x_test, y_test = data.load_mnist(full=True, cache=tmp_path)
     assert x_train.shape == (6, 1, 28, 28) and y_test.tolist() == [0, 1, 2]
     assert torch.allclose(x_train[0, 0], torch.from_numpy(files["train-images-idx3-ubyte.gz"][0] / 255.0).float())
+    files["train-labels-idx1-ubyte.gz"] = np.array([0, 0, 1, 1, 2, 2])
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", files["train-labels-idx1-ubyte.gz"])
+    monkeypatch.setattr(data, "MNIST_FILES", {name: data.sha256_of(tmp_path / name) for name in files})
+    monkeypatch.setattr(data, "FULL_VALIDATION_PER_CLASS", 1)  # one digit of each class held out
+    x_fit, y_fit, _, _ = data.load_mnist(full=True, cache=tmp_path)
+    x_val, y_val = data.load_validation(full=True, cache=tmp_path)
+    assert sorted(y_fit.tolist()) == [0, 1, 2] and sorted(y_val.tolist()) == [0, 1, 2]
+    assert len(torch.unique(torch.cat([x_fit, x_val]).flatten(1), dim=0)) == 6
 
 
 def test_random_shift_and_balanced_subset() -> None:

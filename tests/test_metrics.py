@@ -150,3 +150,49 @@ def test_scorecard_rows_and_table() -> None:
         metrics.scorecard({"a": small}, (x, y), overrides={"zzz": {}})
     with pytest.raises(ValueError, match="models"):
         metrics.scorecard({}, (x, y))
+
+
+def test_compare_latency_interleaves_rounds_and_cancels_a_load_burst() -> None:
+    # A scripted clock: "fast" costs 1 ms and "slow" 4 ms, but rounds 3-5 run under a load that
+    # doubles every cost. Per-round ratios stay 4x; the medians of each candidate alone do not.
+    now = [0.0]
+    calls = {"fast": 0, "slow": 0}
+    order: list[str] = []
+
+    def make(name: str, cost_ms: float):
+        def run(x: object) -> None:
+            calls[name] += 1
+            order.append(name)
+            round_index = (calls[name] - 4) // 2  # after 3 warm-up calls, 2 calls per round
+            now[0] += cost_ms * 1e-3 * (2.0 if 3 <= round_index <= 5 else 1.0)
+
+        return run
+
+    result = metrics.compare_latency(
+        {"slow": make("slow", 4.0), "fast": make("fast", 1.0)}, None, rounds=9, calls=2, warmup=3, timer=lambda: now[0]
+    )
+    assert calls == {"slow": 3 + 9 * 2, "fast": 3 + 9 * 2}
+    assert np.allclose(result.ratios("slow", "fast"), 4.0) and result.speedup("slow", "fast") == pytest.approx(4.0)
+    assert result.speedup_range("slow", "fast") == pytest.approx((4.0, 4.0))
+    assert result.median_ms("fast") == pytest.approx(1.0) and result.spread_ms("fast")[1] == pytest.approx(2.0)
+    assert order[6:10] == ["slow", "slow", "fast", "fast"] and order[10:14] == ["fast", "fast", "slow", "slow"]  # rotated
+    assert "speedup" in result.table() and "9 rounds" in str(result)
+    with pytest.raises(KeyError, match="candidates"):
+        result.speedup("slow", "nope")
+
+
+def test_compare_latency_takes_own_inputs_restores_threads_and_validates() -> None:
+    model = LeNet300().train()
+    before = torch.get_num_threads()
+    result = metrics.compare_latency(
+        {"a": model, "b": (lambda v: v.sum(), torch.ones(3))}, torch.zeros(2, 1, 28, 28), rounds=3, calls=1, warmup=0, threads=1
+    )
+    assert model.training and torch.get_num_threads() == before and result.threads == 1
+    assert len(result.rounds_ms["a"]) == 3
+    for kwargs in ({"rounds": 2}, {"calls": 0}, {"warmup": -1}, {"threads": 0}):
+        with pytest.raises(ValueError):
+            metrics.compare_latency({"a": model}, torch.zeros(1, 784), **kwargs)
+    with pytest.raises(ValueError, match="empty"):
+        metrics.compare_latency({}, None)
+    with pytest.raises(TypeError, match="callable"):
+        metrics.compare_latency({"a": 3}, None)  # type: ignore[dict-item]

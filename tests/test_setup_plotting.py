@@ -137,3 +137,38 @@ def test_low_rank_explorer_draws_and_builds() -> None:
     plt.close("all")
     with pytest.raises(ValueError, match="2-d"):
         widgets.draw_low_rank(np.zeros(5), 1)
+
+
+def test_choose_threads_honours_argument_environment_and_quota(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert helpers.choose_threads(3) == (3, "asked for")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert helpers.choose_threads() == (1, "OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(helpers, "available_cores", lambda: 16)
+    monkeypatch.setattr(helpers, "cpu_quota", lambda: 2.5)  # a JupyterHub kernel capped at 2.5 cores
+    threads, reason = helpers.choose_threads()
+    assert threads == 1 and "quota" in reason
+    monkeypatch.setattr(helpers, "cpu_quota", lambda: None)
+    assert helpers.choose_threads()[0] == 16
+    monkeypatch.setattr(helpers, "available_cores", lambda: 2)
+    assert helpers.choose_threads()[0] == 1  # a 2-core laptop keeps one core for everything else
+    monkeypatch.setattr(helpers, "available_cores", lambda: 1)
+    assert helpers.choose_threads()[0] == 1
+    for bad in (0, -2, 1.5, "2", True):
+        with pytest.raises(ValueError, match="threads"):
+            helpers.choose_threads(bad)  # type: ignore[arg-type]
+
+
+def test_cpu_quota_reads_cgroup_v2_and_v1(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert helpers.cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert helpers.cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert helpers.cpu_quota(tmp_path) == 2.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert helpers.cpu_quota(tmp_path) is None
+    assert helpers.cpu_quota(tmp_path / "missing") is None
