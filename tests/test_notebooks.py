@@ -88,3 +88,25 @@ def test_every_check_cell_fails_on_the_blank_exercise(path: Path) -> None:
     for index, cell in enumerate(nb.cells[:first_exercise]):
         if cell.cell_type == "code":
             assert not [o for o in cell.outputs if o.output_type == "error"], f"setup cell {index} failed"
+
+
+def bare_asserts(source: str) -> list[int]:
+    """Line numbers of `assert` statements without a message in a code cell (IPython magics skipped)."""
+    import ast
+
+    lines = [("pass  # " + line) if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+    tree = ast.parse("\n".join(lines))
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert) and node.msg is None]
+
+
+def test_bare_asserts_are_found() -> None:
+    assert bare_asserts("x = 1\nassert x == 1\nassert x, 'x is set'\n%timeit x") == [2]
+
+
+@pytest.mark.parametrize("path", LECTURES + SOLUTIONS, ids=rel)
+def test_every_assert_tells_the_learner_what_went_wrong(path: Path) -> None:
+    # A bare `AssertionError:` in the browser tells a learner nothing: every claim says what was
+    # expected, what came out, and what may explain it.
+    nb = nbformat.read(path, as_version=4)
+    bare = [(i, line) for i, c in enumerate(nb.cells) if c.cell_type == "code" for line in bare_asserts(c.source)]
+    assert not bare, f"asserts without a message (cell, line): {bare}"
