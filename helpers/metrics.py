@@ -272,6 +272,7 @@ def compare_latency(
     warmup: int = 3,
     threads: int | None = None,
     timer: Callable[[], float] = time.perf_counter,
+    inference: bool = True,
 ) -> Comparison:
     """Time several callables interleaved in rounds: the robust way to say "B is k times faster than A".
 
@@ -287,6 +288,8 @@ def compare_latency(
             per candidate before the first round (>= 0).
         threads: torch's intra-op thread count during the measurement (restored afterwards);
             ``None`` keeps the current setting.
+        inference: run under ``torch.inference_mode`` with modules in eval mode (default); ``False``
+            times the callables as they are, e.g. whole training steps.
     """
     if not candidates:
         raise ValueError("candidates is empty")
@@ -304,13 +307,13 @@ def compare_latency(
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    modes = {name: fn.training for name, (fn, _) in runs.items() if isinstance(fn, nn.Module)}
+    modes = {name: fn.training for name, (fn, _) in runs.items() if isinstance(fn, nn.Module) and inference}
     for name in modes:
         runs[name][0].eval()
     names = list(runs)
     results: dict[str, list[float]] = {name: [] for name in names}
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(inference):
             for name in names:
                 fn, arg = runs[name]
                 for _ in range(warmup):

@@ -196,3 +196,17 @@ def test_compare_latency_takes_own_inputs_restores_threads_and_validates() -> No
         metrics.compare_latency({}, None)
     with pytest.raises(TypeError, match="callable"):
         metrics.compare_latency({"a": 3}, None)  # type: ignore[dict-item]
+
+
+def test_compare_latency_can_time_training_steps() -> None:
+    model = LeNet300()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+
+    def step(_: object) -> None:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    result = metrics.compare_latency({"step": step}, None, rounds=3, calls=1, warmup=0, inference=False)
+    assert len(result.rounds_ms["step"]) == 3 and model.fc1.weight.grad is not None
