@@ -8,13 +8,14 @@
 #   make execute     run every notebook into executed/ (git-ignored) with its outputs
 #   make clean-notebooks   strip outputs from the committed notebooks
 #   make lint        ruff over helpers, tests and notebooks
+#   make time-notebooks   run every notebook from a cold cache and print its wall time (quiet machine)
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test test-busy test-one-thread test-portable exercises work execute clean-notebooks lint benchmark
+.PHONY: setup lab test test-busy test-one-thread test-portable exercises work execute clean-notebooks lint benchmark time-notebooks
 
 setup: $(STAMP)
 
@@ -61,3 +62,6 @@ lint: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark.py
+
+time-notebooks: $(STAMP)
+	$(BIN)/python scripts/time_notebooks.py --cold
