@@ -153,26 +153,73 @@ def khatri_rao(matrices: list[np.ndarray]) -> np.ndarray:
     return result
 
 
-def cp_als(tensor: Array, rank: int, iterations: int = 200, seed: int = 0, tol: float = 1e-9) -> tuple[list[np.ndarray], list[float]]:
+def cp_normalize(factors: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(weights, unit_factors)``: every column scaled to unit norm, the scales multiplied into ``weights``.
+
+    ``weights[r]`` is the Frobenius norm of the r-th rank-one component ``a_r o b_r o ...`` (the norm
+    of an outer product is the product of the vectors' norms).
+    """
+    norms = [np.linalg.norm(f, axis=0) for f in factors]
+    weights = np.prod(norms, axis=0)
+    unit = [f / np.where(n > 0, n, 1.0) for f, n in zip(factors, norms)]
+    return weights, unit
+
+
+def cp_balance(factors: list[np.ndarray]) -> list[np.ndarray]:
+    """The same CP tensor with each component's norm shared evenly: every factor's r-th column gets
+    norm ``weights[r] ** (1 / N)`` (N modes), as ``factorize_linear`` shares sqrt(S) between two layers."""
+    weights, unit = cp_normalize(factors)
+    share = weights ** (1.0 / len(factors))
+    return [u * share[None, :] for u in unit]
+
+
+def cp_component_norms(factors: list[np.ndarray]) -> np.ndarray:
+    """Frobenius norm of each rank-one component (independent of how it is split among the factors)."""
+    return cp_normalize(factors)[0]
+
+
+def cp_als(
+    tensor: Array,
+    rank: int,
+    iterations: int = 200,
+    seed: int = 0,
+    tol: float = 1e-9,
+    ridge: float = 0.0,
+) -> tuple[list[np.ndarray], list[float]]:
     """Rank-``rank`` CP decomposition ``T ~= sum_r a_r o b_r o c_r o ...`` by alternating least squares.
 
-    Returns the factor matrices (one (dim_i, R) per mode) and the relative error after each sweep.
-    Each sweep solves, for one factor at a time, the linear least-squares problem with the others
-    fixed (using the Khatri-Rao structure). Initialised from HOSVD-style leading singular vectors
-    (random columns where a mode is smaller than the rank).
+    Returns the factor matrices (one (dim_i, R) per mode), **balanced** (see :func:`cp_balance`), and the
+    relative error after each sweep. Each sweep solves, for one factor at a time, the least-squares
+    problem with the others fixed (using the Khatri-Rao structure), then rescales that factor's columns
+    to unit norm, carrying the scales in a weight vector (Kolda & Bader 2009, Fig. 3.3) so that no
+    factor drifts to huge or tiny values.
+
+    ``ridge`` >= 0 adds ``ridge`` times the squared norm of the factor being solved to the least-squares
+    objective (Tikhonov regularisation; the other factors have unit columns, so this is ``ridge`` times
+    the sum of the squared component norms, and ``ridge`` is dimensionless). Without it, the best rank-R approximation may
+    not exist (de Silva & Lim 2008) and ALS can drift towards *degenerate* solutions: pairs of large
+    rank-one components that nearly cancel. The ridge term bounds the components' norms, which makes
+    the factors, and models initialised from them, far less sensitive to rounding and to the start.
+    Initialised from HOSVD-style leading singular vectors (random columns drawn with ``seed`` where a
+    mode is smaller than the rank).
     """
     X = tensor.detach().cpu().double().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor, dtype=np.float64)
-    if not isinstance(rank, int) or rank < 1:
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
         raise ValueError(f"rank must be a positive int, got {rank!r}")
+    if not np.isfinite(ridge) or ridge < 0:
+        raise ValueError(f"ridge must be a finite float >= 0, got {ridge!r}")
     rng = np.random.default_rng(seed)
     factors = []
     for mode in range(X.ndim):
         U = np.linalg.svd(unfold(X, mode), full_matrices=False)[0]
         columns = U[:, :rank]
         if columns.shape[1] < rank:
-            columns = np.hstack([columns, rng.standard_normal((X.shape[mode], rank - columns.shape[1]))])
+            extra = rng.standard_normal((X.shape[mode], rank - columns.shape[1]))
+            columns = np.hstack([columns, extra / np.linalg.norm(extra, axis=0)])
         factors.append(columns)
     norm = np.linalg.norm(X)
+    penalty = float(ridge)
+    weights = np.ones(rank)
     errors: list[float] = []
     for _ in range(iterations):
         for mode in range(X.ndim):
@@ -180,12 +227,19 @@ def cp_als(tensor: Array, rank: int, iterations: int = 200, seed: int = 0, tol: 
             gram = np.ones((rank, rank))
             for f in others:
                 gram *= f.T @ f
-            factors[mode] = unfold(X, mode) @ khatri_rao(others) @ np.linalg.pinv(gram)
-        error = float(np.linalg.norm(X - cp_reconstruct(factors)) / norm)
+            rhs = unfold(X, mode) @ khatri_rao(others)
+            if penalty > 0:
+                solved = np.linalg.solve(gram + penalty * np.eye(rank), rhs.T).T
+            else:
+                solved = rhs @ np.linalg.pinv(gram)
+            weights = np.linalg.norm(solved, axis=0)
+            factors[mode] = solved / np.where(weights > 0, weights, 1.0)
+        scaled = [factors[0] * weights[None, :], *factors[1:]]
+        error = float(np.linalg.norm(X - cp_reconstruct(scaled)) / norm)
         errors.append(error)
         if len(errors) > 1 and abs(errors[-2] - errors[-1]) < tol:
             break
-    return factors, errors
+    return cp_balance([factors[0] * weights[None, :], *factors[1:]]), errors
 
 
 def cp_reconstruct(factors: list[np.ndarray]) -> np.ndarray:
@@ -194,11 +248,14 @@ def cp_reconstruct(factors: list[np.ndarray]) -> np.ndarray:
     return (factors[0] @ khatri_rao(factors[1:]).T).reshape(shape)
 
 
-def cp_conv(conv: nn.Conv2d, rank: int, iterations: int = 200) -> nn.Sequential:
-    """Lebedev et al. (2015): a kxk Conv2d as 1x1 (C_in -> R), depthwise k x 1, depthwise 1 x k, 1x1 (R -> C_out)."""
+def cp_conv(conv: nn.Conv2d, rank: int, iterations: int = 200, seed: int = 0, ridge: float = 0.0) -> nn.Sequential:
+    """Lebedev et al. (2015): a kxk Conv2d as 1x1 (C_in -> R), depthwise k x 1, depthwise 1 x k, 1x1 (R -> C_out).
+
+    The factors come from :func:`cp_als` (balanced: the four convolutions' r-th filters have equal norms).
+    """
     if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.stride != (1, 1) or conv.dilation != (1, 1):
         raise TypeError("conv must be an nn.Conv2d with groups=1, stride 1 and dilation 1")
-    (A_out, A_in, A_h, A_w), _ = cp_als(conv.weight, rank, iterations)
+    (A_out, A_in, A_h, A_w), _ = cp_als(conv.weight, rank, iterations, seed=seed, ridge=ridge)
     kh, kw = conv.kernel_size
     ph, pw = conv.padding
     first = nn.Conv2d(conv.in_channels, rank, 1, bias=False)

@@ -154,9 +154,10 @@ def draw_low_rank(image: np.ndarray, rank: int) -> Figure:
     error = np.linalg.norm(a - approx) / np.linalg.norm(a)
     stored = rank * (a.shape[0] + a.shape[1])
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.4))
-    left.imshow(a, cmap="gray_r")
+    scale = {"cmap": "gray_r", "vmin": float(a.min()), "vmax": float(a.max())}  # one colour scale for both panels
+    left.imshow(a, **scale)
     left.set_title(f"original: {a.size:,} numbers")
-    right.imshow(approx, cmap="gray_r")
+    right.imshow(approx, **scale)
     right.set_title(f"rank {rank}: {stored:,} numbers ({a.size / stored:.1f}x fewer), error {error:.1%}")
     for ax in (left, right):
         ax.set_xlabel("column")

@@ -96,3 +96,47 @@ def test_cp_als_recovers_an_exact_low_rank_tensor_and_cp_conv_matches() -> None:
     assert [m.groups for m in block] == [1, 3, 3, 1]
     with pytest.raises(ValueError, match="rank"):
         L.cp_als(X, 0)
+
+
+def test_cp_factors_are_balanced_and_normalize_balance_keep_the_tensor() -> None:
+    rng = np.random.default_rng(3)
+    factors = [rng.standard_normal((d, 4)) * s for d, s in ((6, 10.0), (5, 0.1), (3, 1.0), (3, 3.0))]
+    weights, unit = L.cp_normalize(factors)
+    for r in range(4):  # the norm of an outer product is the product of the vectors' norms
+        component = np.einsum("a,b,c,d->abcd", *[f[:, r] for f in factors])
+        assert weights[r] == pytest.approx(np.linalg.norm(component), rel=1e-12)
+    assert all(np.allclose(np.linalg.norm(u, axis=0), 1.0) for u in unit)
+    balanced = L.cp_balance(factors)
+    assert np.allclose(L.cp_reconstruct(balanced), L.cp_reconstruct(factors))
+    assert np.allclose(L.cp_component_norms(balanced), weights)
+    column_norms = np.array([np.linalg.norm(f, axis=0) for f in balanced])  # (modes, R): equal down each column
+    assert np.allclose(column_norms, weights[None, :] ** 0.25)
+    found, _ = L.cp_als(L.cp_reconstruct(factors), 4, iterations=50)
+    found_norms = np.array([np.linalg.norm(f, axis=0) for f in found])
+    assert np.allclose(found_norms, found_norms[:1], rtol=1e-9), "cp_als must return balanced factors"
+
+
+def test_cp_ridge_bounds_the_components_of_a_degenerate_problem() -> None:
+    # a x a x b + a x b x a + b x a x a has rank 3 but border rank 2 (de Silva & Lim 2008): rank-2 ALS
+    # lowers its error only by letting two components grow and cancel; the ridge term keeps them bounded
+    a, b = np.linalg.qr(np.random.default_rng(0).standard_normal((4, 2)))[0].T
+    T = sum(np.einsum("i,j,k->ijk", *v) for v in ((a, a, b), (a, b, a), (b, a, a)))
+    norm = np.linalg.norm(T)
+    plain, plain_errors = L.cp_als(T, 2, iterations=2000, tol=0)
+    tamed, tamed_errors = L.cp_als(T, 2, iterations=2000, tol=0, ridge=0.01)
+    assert plain_errors[-1] < 0.01 and L.cp_component_norms(plain).max() > 2 * norm  # degenerate
+    assert L.cp_component_norms(tamed).max() < norm and tamed_errors[-1] < 0.2  # bounded, still a fair fit
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="ridge"):
+            L.cp_als(T, 2, ridge=bad)
+
+
+def test_cp_conv_with_ridge_is_stable_under_tiny_kernel_noise() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, 3, padding=1)
+    block = L.cp_conv(conv, 6, iterations=60, ridge=0.01)
+    with torch.no_grad():
+        conv.weight.add_(1e-7 * torch.randn_like(conv.weight))
+    other = L.cp_conv(conv, 6, iterations=60, ridge=0.01)
+    x = torch.randn(2, 8, 7, 7)
+    assert torch.allclose(block(x), other(x), atol=1e-4)
