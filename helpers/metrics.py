@@ -382,6 +382,7 @@ def scorecard(
     warmup: int = 5,
     threads: int | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    latency: bool = True,
 ) -> Scorecard:
     """One row per model: accuracy, params, nonzeros, bytes on disk, MACs, latency, size ratio.
 
@@ -391,6 +392,11 @@ def scorecard(
         input_shape: shape (with batch dimension) for the MAC count.
         overrides: name -> {column: value} replacing measured columns, e.g. ``{"bytes": ...}`` for a
             model stored in a custom format (its real file size) or ``{"macs": ...}`` for a sparse one.
+        repeats, warmup, threads: about ``repeats`` timed calls per model, run interleaved with the
+            other models in rounds (:func:`compare_latency`), after ``warmup`` untimed calls, at a
+            fixed thread count; the latency column is the median over rounds, its IQR the spread.
+        latency: ``False`` skips the timing (latency columns show "-"), e.g. when the notebook has
+            timed the models already with its own :func:`compare_latency`.
 
     ``size_ratio`` is the first row's bytes divided by each row's bytes.
     """
@@ -406,9 +412,15 @@ def scorecard(
         raise ValueError(f"overrides name models that are not in models: {sorted(unknown)}")
     x, y = data
     batch = x[:latency_batch]
+    timing = None
+    if latency:
+        if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+            raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+        rounds = max(3, min(repeats, 10))
+        timing = compare_latency(models, batch, rounds=rounds, calls=max(1, round(repeats / rounds)), warmup=warmup, threads=threads)
     rows = Scorecard()
     for name, model in models.items():
-        latency = measure_latency(model, batch, repeats=repeats, warmup=warmup, threads=threads)
+        p25, p75 = timing.spread_ms(name) if timing else (None, None)
         row = {
             "name": name,
             "accuracy": evaluate(model, (x, y)),
@@ -416,8 +428,8 @@ def scorecard(
             "nonzeros": count_nonzero(model),
             "bytes": serialized_size(model),
             "macs": count_macs(model, input_shape),
-            "latency_ms": latency.median_ms,
-            "latency_iqr_ms": latency.iqr_ms,
+            "latency_ms": timing.median_ms(name) if timing else None,
+            "latency_iqr_ms": (p75 - p25) if timing else None,
         }
         row.update(overrides.get(name, {}))
         rows.append(row)

@@ -150,6 +150,10 @@ def test_scorecard_rows_and_table() -> None:
         metrics.scorecard({"a": small}, (x, y), overrides={"zzz": {}})
     with pytest.raises(ValueError, match="models"):
         metrics.scorecard({}, (x, y))
+    untimed = metrics.scorecard({"a": small}, (x, y), latency=False)
+    assert untimed[0]["latency_ms"] is None and "-" in str(untimed).splitlines()[-1]
+    with pytest.raises(ValueError, match="repeats"):
+        metrics.scorecard({"a": small}, (x, y), repeats=0)
 
 
 def test_compare_latency_interleaves_rounds_and_cancels_a_load_burst() -> None:
