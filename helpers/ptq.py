@@ -167,17 +167,25 @@ def u8s8_saturating_matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
         raise ValueError(f"a must hold uint8 values in [0, 255], got [{a.min()}, {a.max()}]")
     if w.size and (w.min() < -128 or w.max() > 127):
         raise ValueError(f"w must hold int8 values in [-128, 127], got [{w.min()}, {w.max()}]")
-    a = a.astype(np.int32)
-    w = w.astype(np.int32)
+    a = a.astype(np.int64)
+    w = w.astype(np.int64)
     if a.shape[1] % 2:
         a = np.pad(a, ((0, 0), (0, 1)))
         w = np.pad(w, ((0, 0), (0, 1)))
-    a_even, a_odd, w_even, w_odd = a[:, 0::2], a[:, 1::2], w[:, 0::2], w[:, 1::2]
-    out = np.empty((a.shape[0], w.shape[0]), dtype=np.int64)
-    chunk = max(1, 2_000_000 // max(1, w.shape[0] * a_even.shape[1]))
-    for i in range(0, a.shape[0], chunk):
-        pairs = a_even[i : i + chunk, None, :] * w_even[None] + a_odd[i : i + chunk, None, :] * w_odd[None]
-        out[i : i + chunk] = np.clip(pairs, -32768, 32767).sum(axis=2, dtype=np.int64)
+    out = Q.int_matmul(a, w)  # the exact sum; then correct the pairs that saturate
+    w_even, w_odd = w[:, 0::2], w[:, 1::2]
+    # A pair can leave int16 only if 255 * (|w_k| + |w_k+1|) > 32767: few weight pairs qualify.
+    rows, cols = np.nonzero(255 * (np.abs(w_even) + np.abs(w_odd)) > 32767)
+    if len(rows):
+        a_even_t = np.ascontiguousarray(a[:, 0::2].T, dtype=np.int32)  # (K/2, N): one row per pair position
+        a_odd_t = np.ascontiguousarray(a[:, 1::2].T, dtype=np.int32)
+        chunk = max(1, 8_000_000 // a.shape[0])
+        for i in range(0, len(rows), chunk):
+            m, j = rows[i : i + chunk], cols[i : i + chunk]
+            pairs = a_even_t[j] * w_even[m, j, None].astype(np.int32) + a_odd_t[j] * w_odd[m, j, None].astype(np.int32)
+            correction = np.clip(pairs, -32768, 32767) - pairs  # (pairs, N), nonzero where a pair saturates
+            starts = np.flatnonzero(np.r_[True, m[1:] != m[:-1]])  # m is sorted: one segment per output
+            out[:, m[starts]] += np.add.reduceat(correction, starts, axis=0).T
     return out
 
 
