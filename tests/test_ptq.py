@@ -195,3 +195,13 @@ def test_calibrate_and_validation() -> None:
         ptq.calibrate(model, torch.rand(2, 1, 28, 28), method="kl")
     with pytest.raises(TypeError, match="LeNet"):
         ptq.lenet_ops(torch.nn.Linear(3, 3))
+
+
+def test_int_matmul_is_the_exact_integer_product() -> None:
+    from helpers import quantization as Q
+
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 256, (40, 513)), rng.integers(-128, 128, (7, 513))
+    assert np.array_equal(Q.int_matmul(a, b), a @ b.T)  # float64 path
+    big_a, big_b = rng.integers(-(2**40), 2**40, (3, 9)), rng.integers(-(2**20), 2**20, (2, 9))
+    assert np.array_equal(Q.int_matmul(big_a, big_b), big_a @ big_b.T)  # beyond 2**53: the int64 path
