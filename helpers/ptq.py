@@ -105,6 +105,8 @@ def ptq(
     """
     if not isinstance(reduce_range, bool):
         raise TypeError(f"reduce_range must be a bool, got {type(reduce_range).__name__}")
+    if reduce_range and bits < 3:
+        raise ValueError(f"reduce_range needs bits >= 3 (weights get bits - 1), got bits={bits}")
     ranges = calibrate(model, x_calib, method)
     w_bits = bits - 1 if reduce_range else bits
     act = [Q.qparams(lo, hi, bits, symmetric=False, signed=act_signed) for lo, hi in ranges]

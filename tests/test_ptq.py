@@ -96,6 +96,8 @@ def test_saturation_needs_8bit_weights_and_reduce_range_removes_it(model_class: 
     assert agree > 0.9, f"reduce_range changed {1 - agree:.0%} of the predictions"
     with pytest.raises(ValueError, match="kernel"):
         full.run_integer(x, kernel="avx2")
+    with pytest.raises(ValueError, match="reduce_range"):
+        ptq.ptq(model, x[:32], bits=2, reduce_range=True)
     with pytest.raises(ValueError, match="act_signed"):
         ptq.ptq(model, x[:32], act_signed=True).run_integer(x, kernel="u8s8_int16")
 
