@@ -86,13 +86,29 @@ def calibrate(model: nn.Module, x_calib: torch.Tensor, method: str = "minmax", p
     return ranges
 
 
-def ptq(model: nn.Module, x_calib: torch.Tensor, method: str = "minmax", bits: int = 8, act_signed: bool = False) -> Int8Model:
+def ptq(
+    model: nn.Module,
+    x_calib: torch.Tensor,
+    method: str = "minmax",
+    bits: int = 8,
+    act_signed: bool = False,
+    reduce_range: bool = False,
+) -> Int8Model:
     """Quantize a trained LeNet: per-channel symmetric int8 weights, per-tensor asymmetric activations.
 
     Activations are uint8 by default (``act_signed=False``): x86 int8 kernels (VNNI) multiply
     unsigned 8-bit activations by signed 8-bit weights, so that is the fast path in onnxruntime.
+    ``reduce_range=True`` quantizes the weights to ``bits - 1`` bits (7-bit codes in [-63, 63],
+    still stored as int8), as fbgemm's and onnxruntime's ``reduce_range`` do: then a pair of
+    uint8 x int8 products fits in int16 (2 * 255 * 64 < 32767) and x86 kernels without VNNI
+    cannot saturate (see :func:`u8s8_saturating_matmul`), at the price of half the weight levels.
     """
+    if not isinstance(reduce_range, bool):
+        raise TypeError(f"reduce_range must be a bool, got {type(reduce_range).__name__}")
+    if reduce_range and bits < 3:
+        raise ValueError(f"reduce_range needs bits >= 3 (weights get bits - 1), got bits={bits}")
     ranges = calibrate(model, x_calib, method)
+    w_bits = bits - 1 if reduce_range else bits
     act = [Q.qparams(lo, hi, bits, symmetric=False, signed=act_signed) for lo, hi in ranges]
     ops: list[Op] = []
     layer_index = 0
@@ -102,8 +118,8 @@ def ptq(model: nn.Module, x_calib: torch.Tensor, method: str = "minmax", bits: i
             continue
         kind, module, relu = op
         w = module.weight.detach().numpy().astype(np.float64)
-        w_scales, _ = Q.qparams_per_channel(w, axis=0, bits=bits, symmetric=True, signed=True)
-        q_w = Q.quantize_per_channel(w, w_scales, np.zeros_like(w_scales, dtype=np.int64), axis=0, bits=bits).astype(np.int8)
+        w_scales, _ = Q.qparams_per_channel(w, axis=0, bits=w_bits, symmetric=True, signed=True)
+        q_w = Q.quantize_per_channel(w, w_scales, np.zeros_like(w_scales, dtype=np.int64), axis=0, bits=w_bits).astype(np.int8)
         s_in, zp_in = act[layer_index]
         s_out, zp_out = act[layer_index + 1]
         bias_scale = s_in * w_scales
@@ -126,7 +142,74 @@ def ptq(model: nn.Module, x_calib: torch.Tensor, method: str = "minmax", bits: i
             )
         )
         layer_index += 1
-    return Int8Model(ops=ops, input_qparams=act[0], bits=bits, act_signed=act_signed)
+    return Int8Model(ops=ops, input_qparams=act[0], bits=bits, act_signed=act_signed, weight_bits=w_bits)
+
+
+def u8s8_saturating_matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``a @ w.T`` as an x86 uint8 x int8 kernel without VNNI computes it: (N, K) x (M, K) -> (N, M) int64.
+
+    AVX2 and AVX-512BW have no instruction that adds uint8 x int8 products straight into int32.
+    Their kernels use ``vpmaddubsw``, which multiplies bytes and adds each pair of adjacent products
+    (k, k + 1) into an int16 **with saturation** at [-32768, 32767], then ``vpmaddwd`` (by ones)
+    adds those int16 pair sums into int32 exactly. One pair can reach 2 * 255 * 127 = 64770, twice
+    what int16 holds, so large activations next to large weights of the same sign get clipped.
+    VNNI (``vpdpbusd``, AVX-512 VNNI / AVX-VNNI) and ARM (``sdot``/``udot``) accumulate in int32: exact.
+
+    ``a`` holds the raw unsigned codes in [0, 255] (zero point not subtracted: kernels subtract it
+    afterwards with row/column sums), ``w`` the signed codes in [-128, 127]. An odd K is padded with
+    a zero product.
+    """
+    a = np.asarray(a)
+    w = np.asarray(w)
+    if a.dtype.kind not in "iu" or w.dtype.kind not in "iu":
+        raise TypeError(f"a and w must be integer arrays, got {a.dtype} and {w.dtype}")
+    if a.ndim != 2 or w.ndim != 2 or a.shape[1] != w.shape[1]:
+        raise ValueError(f"a (N, K) and w (M, K) must share K, got {a.shape} and {w.shape}")
+    if a.size and (a.min() < 0 or a.max() > 255):
+        raise ValueError(f"a must hold uint8 values in [0, 255], got [{a.min()}, {a.max()}]")
+    if w.size and (w.min() < -128 or w.max() > 127):
+        raise ValueError(f"w must hold int8 values in [-128, 127], got [{w.min()}, {w.max()}]")
+    a = a.astype(np.int64)
+    w = w.astype(np.int64)
+    if a.shape[1] % 2:
+        a = np.pad(a, ((0, 0), (0, 1)))
+        w = np.pad(w, ((0, 0), (0, 1)))
+    out = Q.int_matmul(a, w)  # the exact sum; then correct the pairs that saturate
+    w_even, w_odd = w[:, 0::2], w[:, 1::2]
+    # A pair can leave int16 only if 255 * (|w_k| + |w_k+1|) > 32767: few weight pairs qualify.
+    rows, cols = np.nonzero(255 * (np.abs(w_even) + np.abs(w_odd)) > 32767)
+    if len(rows):
+        a_even_t = np.ascontiguousarray(a[:, 0::2].T, dtype=np.int32)  # (K/2, N): one row per pair position
+        a_odd_t = np.ascontiguousarray(a[:, 1::2].T, dtype=np.int32)
+        chunk = max(1, 8_000_000 // a.shape[0])
+        for i in range(0, len(rows), chunk):
+            m, j = rows[i : i + chunk], cols[i : i + chunk]
+            pairs = a_even_t[j] * w_even[m, j, None].astype(np.int32) + a_odd_t[j] * w_odd[m, j, None].astype(np.int32)
+            correction = np.clip(pairs, -32768, 32767) - pairs  # (pairs, N), nonzero where a pair saturates
+            starts = np.flatnonzero(np.r_[True, m[1:] != m[:-1]])  # m is sorted: one segment per output
+            out[:, m[starts]] += np.add.reduceat(correction, starts, axis=0).T
+    return out
+
+
+def _saturating_layer(q: np.ndarray, layer: QLayer, bits: int) -> np.ndarray:
+    """One layer with :func:`u8s8_saturating_matmul`. Convolution patches are laid out as onnxruntime's
+    NHWC im2col does, in (kernel row, kernel col, channel) order, so the pairs (k, k + 1) are adjacent
+    channels at one kernel position, or for a 1-channel input adjacent kernel positions (checked against
+    onnxruntime on an emulated AVX2 CPU: tests/test_ptq.py)."""
+    zp_x = layer.in_qparams[1]
+    if layer.kind == "linear":
+        cols, w2 = q, layer.q_w
+    else:
+        n, c, h, w = q.shape
+        f, _, k, _ = layer.q_w.shape
+        cols = Q.im2col(q, k).reshape(-1, c, k, k).transpose(0, 2, 3, 1).reshape(-1, k * k * c)
+        w2 = layer.q_w.transpose(0, 2, 3, 1).reshape(f, -1)
+    raw = u8s8_saturating_matmul(cols, w2)
+    acc = raw - zp_x * w2.astype(np.int64).sum(1)[None, :] + layer.bias_q.astype(np.int64)[None, :]
+    out = Q.requantize(acc, layer.m0, layer.shift, layer.out_qparams[1], bits, signed=False)
+    if layer.kind == "conv":
+        out = out.reshape(n, h - k + 1, w - k + 1, f).transpose(0, 3, 1, 2)
+    return out
 
 
 @dataclass
@@ -137,6 +220,7 @@ class Int8Model:
     input_qparams: tuple[float, int]
     bits: int = 8
     act_signed: bool = False
+    weight_bits: int = 8
 
     @property
     def layers(self) -> list[QLayer]:
@@ -175,13 +259,26 @@ class Int8Model:
         a = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         return Q.quantize(a.astype(np.float64), *self.input_qparams, self.bits, self.act_signed)
 
-    def run_integer(self, x: torch.Tensor | np.ndarray, batch_size: int = 250) -> np.ndarray:
-        """Integer logits (int64 array holding 8-bit values) computed with integer arithmetic only."""
+    def run_integer(self, x: torch.Tensor | np.ndarray, batch_size: int = 250, kernel: str = "exact") -> np.ndarray:
+        """Integer logits (int64 array holding 8-bit values) computed with integer arithmetic only.
+
+        ``kernel="exact"`` accumulates every product exactly (int32), as VNNI (``vpdpbusd``), ARM
+        and onnxruntime's U8U8 kernels do. ``kernel="u8s8_int16"`` reproduces x86 uint8 x int8
+        kernels without VNNI (AVX2, AVX-512BW: ``vpmaddubsw``), which add each pair of adjacent
+        products in a saturating int16 (see :func:`u8s8_saturating_matmul`); convolutions pair
+        adjacent input channels at the same kernel position, as onnxruntime's NHWC kernels do.
+        """
+        if kernel not in ("exact", "u8s8_int16"):
+            raise ValueError(f"kernel must be 'exact' or 'u8s8_int16', got {kernel!r}")
+        if kernel == "u8s8_int16" and self.act_signed:
+            raise ValueError("kernel='u8s8_int16' models uint8 activations; this model has act_signed=True")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         q_all = self.quantize_input(x)
-        outputs = [self._integer_forward(q_all[i : i + batch_size]) for i in range(0, len(q_all), batch_size)]
+        outputs = [self._integer_forward(q_all[i : i + batch_size], kernel) for i in range(0, len(q_all), batch_size)]
         return np.concatenate(outputs)
 
-    def _integer_forward(self, q: np.ndarray) -> np.ndarray:
+    def _integer_forward(self, q: np.ndarray, kernel: str = "exact") -> np.ndarray:
         for op in self.ops:
             if op[0] == "flatten":
                 q = q.reshape(len(q), -1)
@@ -193,7 +290,9 @@ class Int8Model:
                 layer = op[1]
                 zp_x = layer.in_qparams[1]
                 zp_y = layer.out_qparams[1]
-                if layer.kind == "linear":
+                if kernel == "u8s8_int16":
+                    q = _saturating_layer(q, layer, self.bits)
+                elif layer.kind == "linear":
                     q = Q.quantized_linear(q, zp_x, layer.q_w, 0, layer.bias_q, layer.m0, layer.shift, zp_y, self.bits, self.act_signed)
                 else:
                     n, _, h, w = q.shape
@@ -287,20 +386,55 @@ class Int8Model:
         onnx.checker.check_model(model)
         return model.SerializeToString()
 
-    def onnx_session(self, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-        """An onnxruntime session wrapped as ``f(images float32 (N,1,28,28)) -> 8-bit logits (N, 10)``."""
+    def onnx_session(self, threads: int | None = None, precise: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+        """An onnxruntime session wrapped as ``f(images float32 (N,1,28,28)) -> 8-bit logits (N, 10)``.
+
+        ``precise=True`` (the default) turns on onnxruntime's exact path for 8-bit weights (see
+        :func:`ort_session_options`): the logits then agree with :meth:`run_integer` within 1 LSB on every
+        CPU, at a speed cost for 8-bit weights. ``precise=False`` gives the runtime's plain behaviour:
+        exact on VNNI and ARM, but on x86 without VNNI (AVX2) tens of LSB off for these LeNets (see
+        :func:`u8s8_saturating_matmul`) unless the model has 7-bit weights (``reduce_range=True``),
+        which are exact and fast everywhere.
+        """
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        options = ort_session_options(threads, precise=precise and not self.act_signed)
         session = ort.InferenceSession(self.to_onnx(), options, providers=["CPUExecutionProvider"])
 
         def run(images: np.ndarray) -> np.ndarray:
             return session.run(["q_logits"], {"images": np.ascontiguousarray(images, dtype=np.float32)})[0]
 
         return run
+
+
+ORT_PRECISION_OPTION = "session.x64quantprecision"  # onnxruntime's kOrtSessionOptionsAvx2PrecisionMode
+
+
+def ort_session_options(threads: int | None = None, precise: bool = True):  # -> onnxruntime.SessionOptions
+    """onnxruntime session options: ``threads`` intra-op threads (None: the runtime's default), and the
+    ``session.x64quantprecision`` option when ``precise``.
+
+    The option exists for x86 CPUs whose uint8 x int8 kernel adds product pairs in a saturating int16
+    (SSE4.1, AVX2, AVX-512 without VNNI): onnxruntime rewrites every int8 weight tensor with a value
+    outside [-64, 64] to uint8 (w + 128, zero point 128) and runs its U8U8 kernel, which is exact.
+    A 7-bit weight tensor (``ptq(..., reduce_range=True)``) cannot saturate and is left as it is.
+    Cost, measured with onnxruntime 1.32 on an AVX-512 VNNI CPU (where the plain kernel is already
+    exact), 1 thread, batch 256: the rewrite still happens there and LeNet-300-100's int8 latency
+    grows 3.4x (0.26 -> 0.88 ms; 8-bit weights), LeNet-5's about 1.1x; with 7-bit weights nothing changes.
+    Use it only for uint8-activation graphs: onnxruntime 1.32 fails to load int8-activation
+    QLinearConv graphs with it (and int8 x int8 is exact on x86, though without a fast kernel).
+    """
+    import onnxruntime as ort
+
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    options = ort.SessionOptions()
+    if precise:
+        options.add_session_config_entry(ORT_PRECISION_OPTION, "1")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
 
 
 def fp32_onnx(model: nn.Module) -> bytes:

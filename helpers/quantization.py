@@ -271,6 +271,24 @@ def requantize(
     return np.clip(scaled + zero_point, qmin, qmax).astype(np.int64)
 
 
+def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The exact integer product ``a @ b.T`` of (N, K) and (M, K) integer arrays, as int64.
+
+    numpy has no fast integer matrix multiply, so when every partial sum is guaranteed to stay below
+    2**53 in magnitude (K * max|a| * max|b| < 2**53: always the case for 8-bit operands) the product
+    is computed by float64 BLAS, which represents every such integer exactly: the result is the
+    integer product, bit for bit, only faster. Otherwise numpy's int64 product is used.
+    """
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    if a.size == 0 or b.size == 0:
+        return a @ b.T
+    bound = a.shape[1] * int(np.abs(a).max()) * int(np.abs(b).max())
+    if bound < 2**53:
+        return np.rint(a.astype(np.float64) @ b.astype(np.float64).T).astype(np.int64)
+    return a @ b.T
+
+
 def quantized_linear(
     q_x: np.ndarray,
     zp_x: int,
@@ -298,7 +316,7 @@ def quantized_linear(
         raise ValueError(f"q_x (N, K) and q_w (M, K) must share K, got {q_x.shape} and {q_w.shape}")
     zp_w = np.asarray(zp_w, dtype=np.int64)
     k = q_x.shape[1]
-    acc = q_x @ q_w.T - zp_x * q_w.sum(1)[None, :] - zp_w * q_x.sum(1)[:, None] + k * zp_x * zp_w
+    acc = int_matmul(q_x, q_w) - zp_x * q_w.sum(1)[None, :] - zp_w * q_x.sum(1)[:, None] + k * zp_x * zp_w
     if bias_q is not None:
         acc = acc + np.asarray(bias_q, dtype=np.int64)[None, :]
     if np.any(np.abs(acc) > 2**31 - 1):
