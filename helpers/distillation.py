@@ -136,6 +136,21 @@ def attention_loss(student_features: torch.Tensor, teacher_features: torch.Tenso
 # ----------------------------------------------------------------------------- a training loop
 
 
+def soft_targets(teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """The teacher's log soft targets ``log softmax(teacher_logits / T)`` for a whole data set, computed once
+    (the teacher is fixed, so recomputing them every batch and epoch would be wasted work)."""
+    T = _check_t(T)
+    _check_logits("teacher_logits", teacher_logits)
+    return torch.log_softmax(torch.as_tensor(teacher_logits).detach().float() / T, dim=-1)
+
+
+def kd_loss_from_soft_targets(student_logits: torch.Tensor, log_p: torch.Tensor, T: float) -> torch.Tensor:
+    """:func:`kd_loss` with the teacher's side precomputed by :func:`soft_targets`: equal to
+    ``kd_loss(student_logits, teacher_logits, T)`` when ``log_p = soft_targets(teacher_logits, T)``."""
+    log_q = torch.log_softmax(student_logits / T, dim=-1)
+    return T * T * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
 def distill(
     student: nn.Module,
     x: torch.Tensor,
@@ -154,28 +169,46 @@ def distill(
     """Train ``student`` on ``(x, y)`` with :func:`distillation_loss` against precomputed ``teacher_logits``.
 
     ``teacher_logits=None`` trains from scratch with cross-entropy (the same loop otherwise, so a
-    comparison changes only the loss). The batch order depends only on ``seed``. ``extra_loss(student,
-    x_batch, index_batch)`` adds a feature loss (hint, attention); ``extra_params`` (e.g. a hint
-    regressor) are trained along. Gradients are clipped to ``max_grad_norm``: sharp teachers give
-    large early gradients at high temperature.
+    comparison changes only the loss). The batch order depends only on ``seed`` (a fresh random
+    permutation of the examples each epoch; the batches are slices of ``x`` indexed by it, no
+    per-example DataLoader), so two calls with the same seed and the same initial weights see the
+    same batches: a paired comparison. The teacher's soft targets are computed once
+    (:func:`soft_targets`), not per batch. ``extra_loss(student, x_batch, index_batch)`` adds a
+    feature loss (hint, attention); ``extra_params`` (e.g. a hint regressor) are trained along.
+    Gradients are clipped to ``max_grad_norm``: sharp teachers give large early gradients at high
+    temperature. Returns ``student``, in eval mode.
     """
-    if not isinstance(epochs, int) or epochs < 0:
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-    index = torch.arange(len(x))
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x, y, index), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
-    )
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    log_p = None
+    if teacher_logits is not None:
+        if len(teacher_logits) != len(x):
+            raise ValueError(f"teacher_logits has {len(teacher_logits)} rows for {len(x)} examples")
+        log_p = soft_targets(teacher_logits, T)
+    T = float(T)
+    generator = torch.Generator().manual_seed(seed)
     params = list(student.parameters()) + list(extra_params or [])
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     for _ in range(epochs):
         student.train()
-        for xb, yb, ib in loader:
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            ib = order[start : start + batch_size]
+            xb, yb = x[ib], y[ib]
             logits = student(xb)
-            if teacher_logits is None:
+            if log_p is None:
                 loss = F.cross_entropy(logits, yb)
             else:
-                loss = distillation_loss(logits, teacher_logits[ib], yb, T, alpha)
+                loss = alpha * kd_loss_from_soft_targets(logits, log_p[ib], T)
+                if alpha < 1.0:
+                    loss = loss + (1.0 - alpha) * F.cross_entropy(logits, yb)
             if extra_loss is not None:
                 loss = loss + extra_loss(student, xb, ib)
             optimizer.zero_grad(set_to_none=True)

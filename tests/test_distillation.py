@@ -92,11 +92,12 @@ def test_hint_and_attention_losses() -> None:
 
 def test_distill_loop_learns_and_scratch_mode_is_cross_entropy() -> None:
     torch.manual_seed(0)
-    x = torch.rand(256, 1, 28, 28)
-    y = (x.flatten(1).mean(1) > x.flatten(1).mean(1).median()).long()
+    y = torch.randint(0, 2, (256,))
+    x = torch.rand(256, 1, 28, 28) - 0.5
+    x[y == 1, :, :14] += 0.5  # class 1: a brighter top half, learnable in a few epochs from any seed
     teacher_logits = torch.stack([1 - y, y], 1).float() * 4
     student = MLP(hidden=(16,), num_classes=2)
-    D.distill(student, x, y, teacher_logits, 15, seed=0, lr=0.1)
+    D.distill(student, x, y, teacher_logits, 15, seed=0, lr=0.05)
     with torch.no_grad():
         acc = (student(x).argmax(1) == y).float().mean().item()
     assert acc > 0.8
@@ -115,3 +116,66 @@ def test_models_for_distillation() -> None:
         MLP(dropout=1.0)
     with pytest.raises(ValueError, match="hidden"):
         MLP(hidden=())
+
+
+def test_soft_targets_are_cached_once_and_equal_the_kd_loss() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10) * 3
+    log_p = D.soft_targets(t, 4.0)
+    assert torch.allclose(log_p.exp().sum(1), torch.ones(6))
+    cached = D.kd_loss_from_soft_targets(s, log_p, 4.0)
+    assert cached.item() == pytest.approx(D.kd_loss(s, t, 4.0).item(), rel=1e-6)
+    cached.backward()
+    assert np.allclose(s.grad.numpy(), D.kd_grad(s.detach().numpy(), t.numpy(), 4.0), atol=1e-6)
+    with pytest.raises(ValueError, match="T"):
+        D.soft_targets(t, 0.0)
+
+
+def test_distill_equals_a_plain_loop_with_distillation_loss() -> None:
+    """The loop's cached soft targets and sliced batches give the same student as the textbook loop."""
+    torch.manual_seed(0)
+    x = torch.rand(200, 1, 28, 28)
+    y = torch.randint(0, 10, (200,))
+    teacher_logits = torch.randn(200, 10) * 3
+    a = MLP(hidden=(8,))
+    b = MLP(hidden=(8,))
+    b.load_state_dict(a.state_dict())
+    D.distill(a, x, y, teacher_logits, 2, T=3.0, alpha=0.7, lr=0.05, seed=5, batch_size=32)
+    generator = torch.Generator().manual_seed(5)
+    optimizer = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=2)
+    for _ in range(2):
+        order = torch.randperm(200, generator=generator)
+        for start in range(0, 200, 32):
+            ib = order[start : start + 32]
+            loss = D.distillation_loss(b(x[ib]), teacher_logits[ib], y[ib], 3.0, 0.7)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(b.parameters()), 5.0)
+            optimizer.step()
+        scheduler.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_distill_pairs_scratch_and_distilled_runs_on_the_same_batches() -> None:
+    x, y = torch.rand(100, 1, 28, 28), torch.randint(0, 10, (100,))
+    seen: dict[str, list[torch.Tensor]] = {"scratch": [], "distilled": []}
+
+    def recorder(name: str):
+        def extra(model, xb, ib):
+            seen[name].append(ib.clone())
+            return torch.zeros(())
+
+        return extra
+
+    D.distill(MLP(hidden=(4,)), x, y, None, 2, seed=7, batch_size=16, extra_loss=recorder("scratch"))
+    D.distill(MLP(hidden=(4,)), x, y, torch.randn(100, 10), 2, seed=7, batch_size=16, extra_loss=recorder("distilled"))
+    assert len(seen["scratch"]) == 14 and all(torch.equal(p, q) for p, q in zip(seen["scratch"], seen["distilled"]))
+    assert sorted(torch.cat(seen["scratch"][:7]).tolist()) == list(range(100))  # each epoch visits every example once
+    with pytest.raises(ValueError, match="alpha"):
+        D.distill(MLP(hidden=(4,)), x, y, None, 1, alpha=1.5)
+    with pytest.raises(ValueError, match="rows"):
+        D.distill(MLP(hidden=(4,)), x, y, torch.randn(50, 10), 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        D.distill(MLP(hidden=(4,)), x, y, None, 1, batch_size=0)
