@@ -21,13 +21,18 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(path: Path, timeout: int = 600) -> float:
-    """Seconds to execute ``path`` in a fresh python3 kernel (raises if a cell fails)."""
+def run(path: Path, save: Path | None = None, timeout: int = 600) -> float:
+    """Seconds to execute ``path`` in a fresh python3 kernel (raises if a cell fails); ``save``: a folder
+    to write the executed notebook to."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     client.execute()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, save / path.name)
+    return seconds
 
 
 def main() -> None:
@@ -35,6 +40,7 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="start from an empty cache folder")
     parser.add_argument("--only", nargs="+", default=None, help="chapter numbers to run, e.g. 00 07")
     parser.add_argument("--threads", type=int, default=None, help="set OMP_NUM_THREADS for the kernels")
+    parser.add_argument("--save", type=Path, default=None, help="also write the executed notebooks to this folder")
     args = parser.parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
     if args.threads is not None:
@@ -47,7 +53,7 @@ def main() -> None:
     print(f"| notebook | seconds ({'cold' if args.cold else 'warm'} cache, threads: {args.threads or 'default'}) |")
     print("|---|---|")
     for path in paths:
-        print(f"| {path.relative_to(ROOT)} | {run(path):.1f} |", flush=True)
+        print(f"| {path.relative_to(ROOT)} | {run(path, args.save):.1f} |", flush=True)
 
 
 if __name__ == "__main__":
