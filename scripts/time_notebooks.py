@@ -2,7 +2,8 @@
 
 Run on a quiet machine (``make time-notebooks``); the README's run-time table and each notebook's
 header come from this. ``--cold`` points the cache at a fresh folder first, so notebooks that
-train a baseline or a teacher on first use pay for it, as a learner's first run does.
+train a baseline or a teacher on first use pay for it, as a learner's first run does; each notebook
+gets a cache of its own, so each time is that notebook's first run alone.
 
     python scripts/time_notebooks.py [--cold] [--only 00 07] [--threads N]
 """
@@ -45,14 +46,14 @@ def main() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
     if args.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    if args.cold:
-        os.environ["COMPRESSION_COURSE_CACHE"] = tempfile.mkdtemp(prefix="course-cache-")
     paths = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "solutions").glob("*.ipynb"))
     if args.only:
         paths = [p for p in paths if p.name[:2] in args.only]
     print(f"| notebook | seconds ({'cold' if args.cold else 'warm'} cache, threads: {args.threads or 'default'}) |")
     print("|---|---|")
     for path in paths:
+        if args.cold:
+            os.environ["COMPRESSION_COURSE_CACHE"] = tempfile.mkdtemp(prefix="course-cache-")
         print(f"| {path.relative_to(ROOT)} | {run(path, args.save):.1f} |", flush=True)
 
 
