@@ -38,7 +38,7 @@ def run(path: Path, save: Path | None = None, timeout: int = 600) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cold", action="store_true", help="start from an empty cache folder")
+    parser.add_argument("--cold", action="store_true", help="run each notebook from an empty cache folder")
     parser.add_argument("--only", nargs="+", default=None, help="chapter numbers to run, e.g. 00 07")
     parser.add_argument("--threads", type=int, default=None, help="set OMP_NUM_THREADS for the kernels")
     parser.add_argument("--save", type=Path, default=None, help="also write the executed notebooks to this folder")
