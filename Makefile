@@ -5,7 +5,7 @@
 #                    busy by another process, then with OMP_NUM_THREADS=1 (run before submitting)
 #   make exercises   regenerate exercises/ from solutions/ (FORCE=1 to overwrite edited ones)
 #   make work        copy the exercises to work/ (yours to edit; never overwritten)
-#   make execute     run every notebook into executed/ (git-ignored) with its outputs
+#   make execute     run every notebook into executed/ (git-ignored) with its outputs and figures
 #   make clean-notebooks   strip outputs from the committed notebooks
 #   make lint        ruff over helpers, tests and notebooks
 #   make time-notebooks   run every notebook from a cold cache and print its wall time (quiet machine)
@@ -51,7 +51,7 @@ work: $(STAMP)
 execute: $(STAMP)
 	mkdir -p executed
 	for nb in notebooks/*.ipynb solutions/*.ipynb; do \
-		MPLBACKEND=Agg $(BIN)/jupyter nbconvert --to notebook --execute "$$nb" --output-dir executed || exit 1; \
+		env -u MPLBACKEND $(BIN)/jupyter nbconvert --to notebook --execute "$$nb" --output-dir executed || exit 1; \
 	done
 
 clean-notebooks: $(STAMP)

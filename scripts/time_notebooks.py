@@ -43,7 +43,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="set OMP_NUM_THREADS for the kernels")
     parser.add_argument("--save", type=Path, default=None, help="also write the executed notebooks to this folder")
     args = parser.parse_args()
-    os.environ.setdefault("MPLBACKEND", "Agg")
     if args.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     paths = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "solutions").glob("*.ipynb"))
