@@ -99,9 +99,12 @@ def ptq(
     Activations are uint8 by default (``act_signed=False``): x86 int8 kernels (VNNI) multiply
     unsigned 8-bit activations by signed 8-bit weights, so that is the fast path in onnxruntime.
     ``reduce_range=True`` quantizes the weights to ``bits - 1`` bits (7-bit codes in [-63, 63],
-    still stored as int8), as fbgemm's and onnxruntime's ``reduce_range`` do: then a pair of
-    uint8 x int8 products fits in int16 (2 * 255 * 64 < 32767) and x86 kernels without VNNI
+    still stored as int8), as onnxruntime's quantizer does with ``reduce_range=True``: then a pair
+    of uint8 x int8 products fits in int16 (2 * 255 * 64 < 32767) and x86 kernels without VNNI
     cannot saturate (see :func:`u8s8_saturating_matmul`), at the price of half the weight levels.
+    (PyTorch's x86/fbgemm default qconfig applies its ``reduce_range=True`` to the activation
+    observer instead: uint8 activations in [0, 127] with full int8 per-channel weights, so that
+    2 * 127 * 128 < 32767; see ``get_default_qconfig`` in ``torch/ao/quantization/qconfig.py``.)
     """
     if not isinstance(reduce_range, bool):
         raise TypeError(f"reduce_range must be a bool, got {type(reduce_range).__name__}")
@@ -153,7 +156,9 @@ def u8s8_saturating_matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     (k, k + 1) into an int16 **with saturation** at [-32768, 32767], then ``vpmaddwd`` (by ones)
     adds those int16 pair sums into int32 exactly. One pair can reach 2 * 255 * 127 = 64770, twice
     what int16 holds, so large activations next to large weights of the same sign get clipped.
-    VNNI (``vpdpbusd``, AVX-512 VNNI / AVX-VNNI) and ARM (``sdot``/``udot``) accumulate in int32: exact.
+    VNNI (``vpdpbusd``, AVX-512 VNNI / AVX-VNNI) and ARM's dot-product instructions accumulate in
+    int32: exact (``sdot``/``udot`` take operands of one signedness, so uint8 x int8 runs as ``usdot``
+    where the CPU has I8MM, or after a zero-point shift to int8 x int8).
 
     ``a`` holds the raw unsigned codes in [0, 255] (zero point not subtracted: kernels subtract it
     afterwards with row/column sums), ``w`` the signed codes in [-128, 127]. An odd K is padded with
@@ -390,8 +395,9 @@ class Int8Model:
         """An onnxruntime session wrapped as ``f(images float32 (N,1,28,28)) -> 8-bit logits (N, 10)``.
 
         ``precise=True`` (the default) turns on onnxruntime's exact path for 8-bit weights (see
-        :func:`ort_session_options`): the logits then agree with :meth:`run_integer` within 1 LSB on every
-        CPU, at a speed cost for 8-bit weights. ``precise=False`` gives the runtime's plain behaviour:
+        :func:`ort_session_options`): the logits then agree with :meth:`run_integer` within 1 LSB, also
+        on x86 without VNNI (checked natively and on an emulated AVX2 CPU: tests/test_ptq.py), at a
+        speed cost for 8-bit weights. ``precise=False`` gives the runtime's plain behaviour:
         exact on VNNI and ARM, but on x86 without VNNI (AVX2) tens of LSB off for these LeNets (see
         :func:`u8s8_saturating_matmul`) unless the model has 7-bit weights (``reduce_range=True``),
         which are exact and fast everywhere.
