@@ -196,27 +196,6 @@ def u8s8_saturating_matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
-def _saturating_layer(q: np.ndarray, layer: QLayer, bits: int) -> np.ndarray:
-    """One layer with :func:`u8s8_saturating_matmul`. Convolution patches are laid out as onnxruntime's
-    NHWC im2col does, in (kernel row, kernel col, channel) order, so the pairs (k, k + 1) are adjacent
-    channels at one kernel position, or for a 1-channel input adjacent kernel positions (checked against
-    onnxruntime on an emulated AVX2 CPU: tests/test_ptq.py)."""
-    zp_x = layer.in_qparams[1]
-    if layer.kind == "linear":
-        cols, w2 = q, layer.q_w
-    else:
-        n, c, h, w = q.shape
-        f, _, k, _ = layer.q_w.shape
-        cols = Q.im2col(q, k).reshape(-1, c, k, k).transpose(0, 2, 3, 1).reshape(-1, k * k * c)
-        w2 = layer.q_w.transpose(0, 2, 3, 1).reshape(f, -1)
-    raw = u8s8_saturating_matmul(cols, w2)
-    acc = raw - zp_x * w2.astype(np.int64).sum(1)[None, :] + layer.bias_q.astype(np.int64)[None, :]
-    out = Q.requantize(acc, layer.m0, layer.shift, layer.out_qparams[1], bits, signed=False)
-    if layer.kind == "conv":
-        out = out.reshape(n, h - k + 1, w - k + 1, f).transpose(0, 3, 1, 2)
-    return out
-
-
 @dataclass
 class Int8Model:
     """A quantized sequential model (see :func:`ptq`)."""
@@ -295,18 +274,20 @@ class Int8Model:
                 layer = op[1]
                 zp_x = layer.in_qparams[1]
                 zp_y = layer.out_qparams[1]
-                if kernel == "u8s8_int16":
-                    q = _saturating_layer(q, layer, self.bits)
-                elif layer.kind == "linear":
-                    q = Q.quantized_linear(q, zp_x, layer.q_w, 0, layer.bias_q, layer.m0, layer.shift, zp_y, self.bits, self.act_signed)
+                # Convolution patches in (kernel row, kernel col, channel) order, as onnxruntime's NHWC
+                # im2col lays them out: the exact sum does not depend on the order, but the pairs
+                # (k, k + 1) of the saturating x86 kernel do (checked on an emulated AVX2 CPU: tests/test_ptq.py).
+                matmul = u8s8_saturating_matmul if kernel == "u8s8_int16" else None
+                if layer.kind == "linear":
+                    cols, w2 = q, layer.q_w
                 else:
-                    n, _, h, w = q.shape
-                    f, c, k, _ = layer.q_w.shape
-                    cols = Q.im2col(q, k)
-                    out = Q.quantized_linear(
-                        cols, zp_x, layer.q_w.reshape(f, -1), 0, layer.bias_q, layer.m0, layer.shift, zp_y, self.bits, self.act_signed
-                    )
-                    q = out.reshape(n, h - k + 1, w - k + 1, f).transpose(0, 3, 1, 2)
+                    n, c, h, w = q.shape
+                    f, _, k, _ = layer.q_w.shape
+                    cols = Q.im2col(q, k).reshape(-1, c, k, k).transpose(0, 2, 3, 1).reshape(-1, k * k * c)
+                    w2 = layer.q_w.transpose(0, 2, 3, 1).reshape(f, -1)
+                q = Q.quantized_linear(cols, zp_x, w2, 0, layer.bias_q, layer.m0, layer.shift, zp_y, self.bits, self.act_signed, matmul)
+                if layer.kind == "conv":
+                    q = q.reshape(n, h - k + 1, w - k + 1, f).transpose(0, 3, 1, 2)
                 # a fused ReLU is the clamp at the zero point of a range that starts at 0
                 if layer.relu:
                     q = np.maximum(q, zp_y)

@@ -9,6 +9,7 @@ always widened to include 0, so that 0.0 (zero padding, ReLU outputs, pruned wei
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -300,8 +301,12 @@ def quantized_linear(
     zp_y: int,
     bits: int = 8,
     signed: bool = True,
+    matmul: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Integer-only ``y = x W^T + b``: (N, K) and (M, K) integers -> (N, M) ``bits``-bit integers.
+
+    ``matmul(q_x, q_w)`` computes the raw products ``q_x @ q_w.T`` (default :func:`int_matmul`,
+    exact); pass a model of a particular kernel, e.g. ``helpers.ptq.u8s8_saturating_matmul``.
 
     The int32 accumulator folds the zero points,
     ``sum_k (x - z_x)(w - z_w) = x.w - z_x sum_k w - z_w sum_k x + K z_x z_w``, adds the int32 bias
@@ -316,7 +321,7 @@ def quantized_linear(
         raise ValueError(f"q_x (N, K) and q_w (M, K) must share K, got {q_x.shape} and {q_w.shape}")
     zp_w = np.asarray(zp_w, dtype=np.int64)
     k = q_x.shape[1]
-    acc = int_matmul(q_x, q_w) - zp_x * q_w.sum(1)[None, :] - zp_w * q_x.sum(1)[:, None] + k * zp_x * zp_w
+    acc = (matmul or int_matmul)(q_x, q_w) - zp_x * q_w.sum(1)[None, :] - zp_w * q_x.sum(1)[:, None] + k * zp_x * zp_w
     if bias_q is not None:
         acc = acc + np.asarray(bias_q, dtype=np.int64)[None, :]
     if np.any(np.abs(acc) > 2**31 - 1):
