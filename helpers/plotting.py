@@ -140,8 +140,8 @@ def pareto_plot(
     for row in rows:
         ax.scatter(row["bytes"], 100 * row["accuracy"], s=40, zorder=3)
         ax.annotate(row["name"], (row["bytes"], 100 * row["accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=9)
-    if front and len(rows) > 1:
-        best = pareto_front(rows)
+    best = pareto_front(rows) if front else []
+    if len(best) > 1:  # one point alone dominates the rest: no line to draw, so no legend entry for one
         ax.plot([r["bytes"] for r in best], [100 * r["accuracy"] for r in best], "k--", alpha=0.5, label="Pareto front")
         ax.legend(loc="lower right")
     ax.set_xscale("log")
