@@ -19,11 +19,19 @@ from .metrics import count_macs, count_parameters
 
 
 class CheckFailure(AssertionError):
-    """A lab check that did not pass; the message holds the case, expected, got and a hint."""
+    """A lab check that did not pass; the message holds the case, expected, got and a hint.
+
+    In Jupyter it shows only its message (``_render_traceback_``, IPython's hook): the learner sees
+    expected / got / hint at once instead of below the source of the check's own frames.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
 
 
 def fail(check: str, case: str, expected: Any, got: Any, hint: str) -> None:
     """Raise a :class:`CheckFailure` with a uniform, readable message."""
+    __tracebackhide__ = True  # pytest and IPython hide this frame
     raise CheckFailure(f"{check} failed on {case}\n  expected: {expected}\n  got:      {got}\n  hint:     {hint}")
 
 
@@ -40,6 +48,7 @@ def rel_error(x: np.ndarray, y: np.ndarray) -> float:
 
 def _call(check: str, case: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
     """Call the learner's function; re-raise NotImplementedError unchanged, wrap other errors."""
+    __tracebackhide__ = True
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:

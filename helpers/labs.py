@@ -2,8 +2,9 @@
 
 Solutions (``solutions/NN_topic_lab.ipynb``) are the source. In a code cell, the lines between
 ``### BEGIN SOLUTION`` and ``### END SOLUTION`` become ``# YOUR CODE HERE`` and
-``raise NotImplementedError()`` at the same indentation (nbgrader's convention); in a markdown cell
-they become ``YOUR ANSWER HERE``. Usage (or the Makefile targets that wrap it)::
+``raise NotImplementedError(...)`` at the same indentation (nbgrader's convention), the error naming
+the exercise (the latest ``## Exercise N`` or ``## Open task`` heading above the cell); in a markdown
+cell they become ``YOUR ANSWER HERE``. Usage (or the Makefile targets that wrap it)::
 
     python -m helpers.labs generate [--force]   # solutions/ -> exercises/
     python -m helpers.labs check                # exit 1 if exercises/ is out of sync
@@ -37,6 +38,7 @@ NOTEBOOK_DIRS = ("notebooks", "solutions", "exercises")
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION\s*$")
 END = re.compile(r"^[ \t]*### END SOLUTION\s*$")
 CODE_BLANK = ("# YOUR CODE HERE", "raise NotImplementedError()")
+EXERCISE_HEADING = re.compile(r"^#{1,4}\s+((?:Exercise|Open task)\b[^\n]*)", re.MULTILINE)
 MARKDOWN_BLANK = "YOUR ANSWER HERE"
 NOTE_ID = "generated-note"
 
@@ -45,8 +47,19 @@ class LabError(ValueError):
     """A malformed solution notebook or a refused overwrite."""
 
 
-def blank_source(source: str, cell_type: str, where: str = "cell") -> str:
-    """Replace every solution block of ``source`` by the blank of its ``cell_type``."""
+def not_done_error(exercise: str | None) -> str:
+    """The line that stands in for a solution: ``raise NotImplementedError(...)`` naming ``exercise``."""
+    if not exercise:
+        return CODE_BLANK[1]
+    message = f"{exercise} is not done yet (replace this line with your code)"
+    return f"raise NotImplementedError({message!r})"
+
+
+def blank_source(source: str, cell_type: str, where: str = "cell", exercise: str | None = None) -> str:
+    """Replace every solution block of ``source`` by the blank of its ``cell_type``.
+
+    ``exercise`` (e.g. ``"Exercise 3 · The gradual schedule"``) is named in the NotImplementedError.
+    """
     out: list[str] = []
     inside: str | None = None
     for number, line in enumerate(source.split("\n"), start=1):
@@ -56,7 +69,7 @@ def blank_source(source: str, cell_type: str, where: str = "cell") -> str:
                 raise LabError(f"{where}, line {number}: BEGIN SOLUTION inside another solution block")
             inside = begin.group("indent")
             if cell_type == "code":
-                out.extend(inside + text for text in CODE_BLANK)
+                out.extend(inside + text for text in (CODE_BLANK[0], not_done_error(exercise)))
             else:
                 out.append(MARKDOWN_BLANK)
         elif END.match(line):
@@ -98,10 +111,15 @@ def generate(solution_path: Path) -> NotebookNode:
     """The exercise notebook for ``solution_path`` (not written)."""
     solution = nbformat.read(solution_path, as_version=4)
     nb = clean(copy.deepcopy(solution))
-    blanks = 0
+    blanks, exercise = 0, None
     for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            headings = EXERCISE_HEADING.findall(cell.source)
+            exercise = headings[-1].strip() if headings else exercise
         if has_solution(cell.source):
-            cell.source = blank_source(cell.source, cell.cell_type, where=f"{solution_path.name} cell {index}")
+            cell.source = blank_source(
+                cell.source, cell.cell_type, where=f"{solution_path.name} cell {index}", exercise=exercise
+            )
             blanks += 1
     if blanks == 0:
         raise LabError(f"{solution_path} has no ### BEGIN SOLUTION block")

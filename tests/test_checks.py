@@ -859,3 +859,11 @@ def test_learner_errors_become_check_failures() -> None:
         checks.check_linear_params(lambda i, o, bias=True: 1 // 0)
     with pytest.raises(checks.CheckFailure, match="an int"):
         checks.check_linear_params(lambda i, o, bias=True: "many")
+
+
+def test_a_check_failure_shows_its_message_first_in_jupyter() -> None:
+    with pytest.raises(checks.CheckFailure) as caught:
+        checks.check_linear_params(lambda i, o, bias=True: i * o)
+    lines = caught.value._render_traceback_()  # what IPython prints instead of the frames
+    assert len(lines) == 1 and "expected" in lines[0] and "hint" in lines[0], lines
+    assert "def " not in lines[0], "helper source leaked into the message"

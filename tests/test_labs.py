@@ -25,6 +25,14 @@ def test_blank_source_keeps_indentation_and_surroundings() -> None:
     assert labs.blank_source("no markers", "code") == "no markers"
 
 
+def test_the_blank_names_its_exercise() -> None:
+    out = labs.blank_source(SOLUTION_CODE, "code", exercise="Exercise 3 · Double it")
+    line = out.split("\n")[3]
+    assert line.startswith("    raise NotImplementedError('Exercise 3 · Double it is not done yet"), line
+    with pytest.raises(NotImplementedError, match="Exercise 3 · Double it is not done yet"):
+        exec(out + "\nf(2)\n", {})
+
+
 @pytest.mark.parametrize(
     "source", ["### BEGIN SOLUTION\nx", "### END SOLUTION", "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION"]
 )
@@ -35,7 +43,8 @@ def test_unbalanced_markers_are_errors(source: str) -> None:
 
 def _make_solution(folder: Path, name: str = "99_demo_lab.ipynb", body: str = SOLUTION_CODE) -> Path:
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# Demo"), nbformat.v4.new_code_cell(body), nbformat.v4.new_code_cell("f(2)")]
+    heading = nbformat.v4.new_markdown_cell("# Demo\n\n## Exercise 1 · Double")
+    nb.cells = [heading, nbformat.v4.new_code_cell(body), nbformat.v4.new_code_cell("f(2)")]
     nb.cells[2].outputs = [nbformat.v4.new_output("stream", text="4")]
     nb.cells[2].execution_count = 3
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,7 +59,7 @@ def test_generate_blanks_cleans_and_marks(tmp_path: Path) -> None:
     nb = nbformat.read(written[0], as_version=4)
     nbformat.validate(nb)
     text = written[0].read_text()
-    assert "2 * x" not in text and "raise NotImplementedError()" in text
+    assert "2 * x" not in text and "raise NotImplementedError('Exercise 1 · Double is not done yet" in text
     assert nb.cells[0].id == labs.NOTE_ID and "make work" in nb.cells[0].source
     assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
     assert nb.metadata["kernelspec"]["name"] == "python3"
@@ -73,7 +82,7 @@ def test_regeneration_updates_untouched_but_refuses_edited_exercises(tmp_path: P
     assert "Twice" in target.read_text()
     # A learner edits the exercise: regeneration refuses without --force and keeps the edit.
     nb = nbformat.read(target, as_version=4)
-    nb.cells[2].source = nb.cells[2].source.replace("raise NotImplementedError()", "return x + x  # my answer")
+    nb.cells[2].source = nb.cells[2].source.replace("# YOUR CODE HERE", "return x + x  # my answer")
     nbformat.write(nb, target)
     _make_solution(tmp_path / "solutions", body=SOLUTION_CODE.replace("Double", "Thrice"))
     with pytest.raises(labs.LabError, match="--force"):
