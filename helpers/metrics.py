@@ -338,6 +338,13 @@ def compare_latency(
 # ----------------------------------------------------------------------------- scorecard
 
 
+def size_vs_first(ratio: float) -> str:
+    """``first bytes / these bytes`` in words: ``"6.00x smaller"``, ``"same"`` or ``"1.61x larger"``."""
+    if round(ratio, 2) == 1.0:
+        return "same"
+    return f"{ratio:.2f}x smaller" if ratio > 1 else f"{1 / ratio:.2f}x larger"
+
+
 class Scorecard(list):
     """Rows of :func:`scorecard` (dicts); prints as a side-by-side table."""
 
@@ -347,16 +354,24 @@ class Scorecard(list):
         ("params", "params", "{:,}"),
         ("nonzeros", "nonzeros", "{:,}"),
         ("bytes", "bytes on disk", "{:,}"),
-        ("size_ratio", "x smaller", "{:.2f}x"),
+        ("size_ratio", "size vs first row", size_vs_first),
         ("macs", "MACs", "{:,}"),
         ("latency_ms", "latency (ms)", "{:.3f}"),
         ("latency_iqr_ms", "IQR (ms)", "{:.3f}"),
     )
 
+    def _cells(self) -> list[list[str]]:
+        def cell(value: Any, fmt: str | Callable[[Any], str]) -> str:
+            if value is None:
+                return "-"
+            return fmt(value) if callable(fmt) else fmt.format(value)
+
+        return [[cell(row.get(key), fmt) for key, _, fmt in self.COLUMNS] for row in self]
+
     def table(self) -> str:
         """A plain-text table, one row per model."""
         header = [title for _, title, _ in self.COLUMNS]
-        body = [[fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in self.COLUMNS] for row in self]
+        body = self._cells()
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
         lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))) for r in [header, *body]]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -367,7 +382,7 @@ class Scorecard(list):
 
     def _repr_markdown_(self) -> str:
         header = [title for _, title, _ in self.COLUMNS]
-        rows = [[fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in self.COLUMNS] for row in self]
+        rows = self._cells()
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)

@@ -146,6 +146,8 @@ def test_scorecard_rows_and_table() -> None:
     table = str(card)
     assert "bytes on disk" in table and "266,610" in table and len(table.splitlines()) == 4
     assert card._repr_markdown_().count("\n") == 3
+    assert " same" in table.splitlines()[2] and "x smaller" in table.splitlines()[3]
+    assert [metrics.size_vs_first(r) for r in (6.0, 1.001, 0.62)] == ["6.00x smaller", "same", "1.61x larger"]
     with pytest.raises(ValueError, match="overrides"):
         metrics.scorecard({"a": small}, (x, y), overrides={"zzz": {}})
     with pytest.raises(ValueError, match="models"):
