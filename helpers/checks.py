@@ -438,8 +438,21 @@ def check_sensitivity_scan(fn: Callable[..., dict], model: nn.Module, data: tupl
 # ----------------------------------------------------------------------------- chapter 02: structured pruning
 
 
+def _unchanged(name: str, case: str, before: Any, after: Any, what: str, hint: str) -> None:
+    """Fail when the learner's function modified its input in place."""
+    __tracebackhide__ = True
+    a = before.detach() if isinstance(before, torch.Tensor) else torch.as_tensor(np.asarray(before))
+    b = after.detach() if isinstance(after, torch.Tensor) else torch.as_tensor(np.asarray(after))
+    if not torch.equal(a, b):
+        fail(name, case, f"{what} unchanged", f"{what}: modified in place", hint)
+
+
 def check_nm_mask(fn: Callable[..., np.ndarray]) -> None:
-    """``fn(w, n, m)`` -> boolean mask keeping the n largest |w| of every m consecutive entries along the last axis."""
+    """``fn(w, n, m)`` -> boolean mask keeping the n largest |w| of every m consecutive entries along the last axis.
+
+    The learner's function gets the case's own array (not a copy) and must leave it unchanged. A numpy bool array
+    or a torch bool tensor is accepted; ties (exact, on integer-valued weights) must prune the lower index first.
+    """
     from .pruning import nm_mask
 
     name = "check_nm_mask"
@@ -451,18 +464,53 @@ def check_nm_mask(fn: Callable[..., np.ndarray]) -> None:
         ("ties: [[1, 1, 1, 1, 2, 2, 0, 0]], 2:4", np.array([[1.0, 1, 1, 1, 2, 2, 0, 0]]), 2, 4),
         ("signs: [[-5, 1, 2, -3]], 2:4", np.array([[-5.0, 1, 2, -3]]), 2, 4),
         ("a tall matrix 4x8 (groups run along rows, not columns)", rng.standard_normal((4, 8)), 2, 4),
+        ("many exact ties: 64x64 integers in -2..2, 2:4", rng.integers(-2, 3, (64, 64)).astype(np.float64), 2, 4),
+        ("many exact ties: 32x64 integers in -1..1, 1:4", rng.integers(-1, 2, (32, 64)).astype(np.float64), 1, 4),
+        ("many exact ties: 32x64 integers in -2..2, 2:8", rng.integers(-2, 3, (32, 64)).astype(np.float64), 2, 8),
+        ("many exact ties: 16x64 integers in -3..3, 4:16 (float32)", rng.integers(-3, 4, (16, 64)).astype(np.float32), 4, 16),
     ]
     for case, w, n, m in cases:
-        expected = nm_mask(w, n, m)
-        got = np.asarray(_call(name, case, fn, w.copy(), n, m))
-        if got.shape != w.shape or got.dtype != bool:
-            fail(name, case, f"a bool mask of shape {w.shape}", f"{got.dtype} of shape {got.shape}", "return a boolean mask shaped like w")
+        expected = np.asarray(nm_mask(w, n, m))
+        pristine = w.copy()
+        got = _call(name, case, fn, w, n, m)  # the learner's function gets the array itself: in-place edits show
+        _unchanged(name, case, pristine, w, "the input w", "do not modify w (np.abs(w, out=w), w[...] = ...): compute |w| into a new array")
+        if isinstance(got, torch.Tensor):
+            got = got.detach().cpu().numpy()
+        if not isinstance(got, np.ndarray):
+            fail(
+                name,
+                case,
+                f"a bool numpy array of shape {w.shape}",
+                type(got).__name__,
+                "return a numpy array (a torch tensor is accepted too)",
+            )
+        if got.shape != w.shape:
+            fail(
+                name, case, f"a bool mask of shape {w.shape}", f"shape {got.shape}", "return a mask shaped like w (reshape the groups back)"
+            )
+        if got.dtype != bool:
+            fail(
+                name,
+                case,
+                f"dtype bool, shape {w.shape}",
+                f"dtype {got.dtype}",
+                "return a boolean mask (e.g. mask.astype(bool)): a 0/1 float or int array indexes differently (w[mask] picks rows 0 and 1) "
+                "and ~mask is not its complement",
+            )
         if not np.array_equal(got, expected):
             hint = (
-                "groups of m consecutive entries along the last axis (w.reshape(-1, m)); "
-                "keep the n largest |w|; ties: lower index pruned first"
+                "groups of m consecutive entries along the last axis (w.reshape(-1, m)); keep the n largest |w|; "
+                "ties: lower index pruned first, so use a STABLE sort (np.argsort(..., kind='stable') or torch.sort(..., stable=True)); "
+                "np.argpartition, torch.topk and unstable sorts order exact ties arbitrarily"
             )
-            fail(name, case, expected.astype(int).tolist(), got.astype(int).tolist(), hint)
+            wrong = np.argwhere(got != expected)[:3].tolist()
+            fail(
+                name,
+                case,
+                f"{int(expected.sum())} kept entries, as the reference",
+                f"{len(np.argwhere(got != expected))} entries differ, e.g. at {wrong}",
+                hint,
+            )
     try:
         fn(np.ones((2, 6)), 2, 4)
     except ValueError:
@@ -479,17 +527,23 @@ def check_nm_mask(fn: Callable[..., np.ndarray]) -> None:
         )
     else:
         fail(name, "w of shape (2, 6) with m = 4", "ValueError", "no error", "raise ValueError when the last axis is not divisible by m")
-    passed(name, f"{len(cases)} cases incl. ties and 1:4 / 2:8, and a clear error for an indivisible axis")
+    passed(
+        name, f"{len(cases)} cases incl. many exact ties, 1:4 / 2:8 / 4:16, input left unchanged, and a clear error for an indivisible axis"
+    )
 
 
 def check_top_filters(fn: Callable[..., torch.Tensor]) -> None:
-    """``fn(weight, keep, norm)`` -> sorted indices (LongTensor) of the ``keep`` output channels of highest L1/L2 norm."""
+    """``fn(weight, keep, norm)`` -> sorted indices (an integer torch tensor) of the ``keep`` output channels of highest L1/L2 norm.
+
+    The weight is passed as an ``nn.Parameter`` (as in the lab, ``layer.weight``) and must come back unchanged.
+    """
     from .pruning import channel_scores, top_channels
 
     name = "check_top_filters"
     torch.manual_seed(5)
     tied = torch.tensor([[1.0, -1.0], [3.0, 0.0], [0.5, 0.5], [-1.0, 1.0]])
     l1_vs_l2 = torch.tensor([[3.0, 0.0, 0.0], [1.2, 1.2, 1.2], [0.1, 0.1, 0.1]])  # L1 prefers row 1, L2 row 0
+    many_ties = torch.randint(-1, 2, (64, 3, 2, 2)).float()  # L1 norms 0..12 and L2 norms sqrt(0..12): exact ties everywhere
     cases = [
         ("conv weight (8, 4, 3, 3), keep 3, l1", torch.randn(8, 4, 3, 3), 3, "l1"),
         ("conv weight (6, 10, 5, 5), keep 5, l2", torch.randn(6, 10, 5, 5), 5, "l2"),
@@ -497,18 +551,42 @@ def check_top_filters(fn: Callable[..., torch.Tensor]) -> None:
         ("ties: rows 0 and 3 have equal L1 norm, keep 2, l1", tied, 2, "l1"),
         ("L1 and L2 disagree, keep 1, l1", l1_vs_l2, 1, "l1"),
         ("L1 and L2 disagree, keep 1, l2", l1_vs_l2, 1, "l2"),
+        ("many exact ties: conv weight (64, 3, 2, 2) of -1/0/1, keep 20, l1", many_ties, 20, "l1"),
+        ("many exact ties: conv weight (64, 3, 2, 2) of -1/0/1, keep 37, l2", many_ties, 37, "l2"),
+        ("keep every channel: linear weight (5, 3), keep 5, l1", torch.randn(5, 3), 5, "l1"),
     ]
     for case, weight, keep, norm in cases:
         expected = top_channels(channel_scores(weight, norm), keep)
-        got = _call(name, case, fn, weight.clone(), keep, norm)
-        got = torch.as_tensor(got)
+        param = nn.Parameter(weight.clone())  # what the lab passes: layer.weight, which requires grad
+        got = _call(name, case, fn, param, keep, norm)
+        _unchanged(
+            name, case, weight, param, "the weight", "do not modify the weight (w.abs_(), w.pow_(2)): compute the scores out of place"
+        )
+        if not isinstance(got, torch.Tensor):
+            fail(
+                name,
+                case,
+                "a torch tensor of integer indices",
+                type(got).__name__,
+                "return a torch LongTensor (torch.from_numpy(idx) or torch.tensor(idx)): the lab slices layer weights with it and builds "
+                "the flattened feature indices with torch ops",
+            )
+        if got.dtype not in (torch.int64, torch.int32) or got.dim() != 1:
+            fail(
+                name,
+                case,
+                "a 1-d integer (int64) tensor",
+                f"dtype {got.dtype}, shape {tuple(got.shape)}",
+                "return indices as a 1-d torch.long tensor",
+            )
         if got.tolist() != expected.tolist():
             hint = (
                 "score each OUTPUT channel (dim 0) by the L1 (sum |w|) or L2 (sqrt of sum w^2) norm of all its weights; "
-                "keep the largest; ties: lower index kept; return the indices sorted ascending"
+                "keep the largest; ties: lower index kept, so use a stable sort (torch.topk and unstable sorts order ties arbitrarily); "
+                "return the indices sorted ascending"
             )
             fail(name, case, expected.tolist(), got.tolist(), hint)
-    passed(name, f"{len(cases)} cases: conv and linear weights, L1 and L2, ties")
+    passed(name, f"{len(cases)} cases: conv and linear weights, L1 and L2, many exact ties, weight left unchanged")
 
 
 def _pair_reference(conv: nn.Conv2d, successor: nn.Module, keep: torch.Tensor, x: torch.Tensor, spatial: int | None) -> torch.Tensor:
@@ -526,6 +604,52 @@ def _pair_reference(conv: nn.Conv2d, successor: nn.Module, keep: torch.Tensor, x
         return successor(h.flatten(1) if spatial else h)
 
 
+def _check_new_layer(name: str, case: str, layer: nn.Module, label: str, originals: list[torch.Tensor]) -> None:
+    """Shared checks for a shrunk layer: attributes agree with the weight, trainable Parameters of their own."""
+    __tracebackhide__ = True
+    if isinstance(layer, nn.Conv2d):
+        declared = (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
+        attrs = f"out_channels={layer.out_channels}, in_channels={layer.in_channels}"
+        make = "nn.Conv2d(in_channels, out_channels, kernel_size, stride=..., padding=...)"
+    else:
+        declared = (layer.out_features, layer.in_features)
+        attrs = f"out_features={layer.out_features}, in_features={layer.in_features}"
+        make = "nn.Linear(in_features, out_features)"
+    if tuple(layer.weight.shape) != declared:
+        fail(
+            name,
+            case,
+            f"{label}'s attributes to describe its weight of shape {tuple(layer.weight.shape)}",
+            attrs,
+            f"the attributes are stale: a copy.deepcopy of the old layer keeps the old sizes when you replace its weight; "
+            f"build a new {make} "
+            "(or update the attributes); repr, MAC counters and later shrinking read them",
+        )
+    for pname, p in layer.named_parameters():
+        if not p.requires_grad:
+            fail(
+                name, case, f"{label}.{pname} trainable (requires_grad=True)", "requires_grad=False", "the shrunk model is fine-tuned next"
+            )
+        for q in originals:
+            if p.untyped_storage().data_ptr() == q.untyped_storage().data_ptr():
+                fail(
+                    name,
+                    case,
+                    f"{label}.{pname} with memory of its own",
+                    "it shares memory with a parameter of the original layers",
+                    "copy the slices (weight[keep] makes a copy; .clone() a whole tensor): "
+                    "fine-tuning the new layer would change the original",
+                )
+
+
+def _same(small: torch.Tensor | None, expected: torch.Tensor | None) -> bool:
+    if small is None or expected is None:
+        return small is None and expected is None
+    return tuple(small.shape) == tuple(expected.shape) and torch.allclose(
+        small.detach().double(), expected.detach().double(), rtol=1e-6, atol=1e-7
+    )
+
+
 def check_shrink_conv_pair(fn: Callable[..., tuple[nn.Module, nn.Module]]) -> None:
     """``fn(conv, next_conv, keep)`` -> (smaller conv, smaller next_conv) computing the same as zeroing the dropped filters."""
     name = "check_shrink_conv_pair"
@@ -534,18 +658,36 @@ def check_shrink_conv_pair(fn: Callable[..., tuple[nn.Module, nn.Module]]) -> No
         ("conv 3->8 (3x3), next 8->5 (3x3), keep [0, 2, 5, 7]", nn.Conv2d(3, 8, 3), nn.Conv2d(8, 5, 3), torch.tensor([0, 2, 5, 7])),
         ("conv 1->20 (5x5), next 20->50 (5x5), keep 10 filters", nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5), torch.arange(0, 20, 2)),
         ("padded 3x3 convs, keep 1 filter", nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1), torch.tensor([3])),
+        (
+            "stride 2, padding 1, keep [1, 2, 4]",
+            nn.Conv2d(3, 6, 3, stride=2, padding=1),
+            nn.Conv2d(6, 4, 3, stride=2),
+            torch.tensor([1, 2, 4]),
+        ),
     ]
     for case, conv, successor, keep in cases:
         x = torch.randn(2, conv.in_channels, 16, 16)
         expected = _pair_reference(conv, successor, keep, x, None)
-        originals = [t.clone() for t in (conv.weight, conv.bias, successor.weight, successor.bias)]
+        params = [*conv.parameters(), *successor.parameters()]
+        originals = [t.detach().clone() for t in params]
         got = _call(name, case, fn, conv, successor, keep)
+        for before, after in zip(originals, params):
+            _unchanged(
+                name,
+                case,
+                before,
+                after,
+                "the original layers",
+                "copy the kept slices into new layers; leave conv and next_conv as they are",
+            )
         try:
             small, small_next = got
         except (TypeError, ValueError):
             fail(name, case, "a pair (new conv, new next conv)", repr(got), "return both new layers")
         if not isinstance(small, nn.Conv2d) or not isinstance(small_next, nn.Conv2d):
             fail(name, case, "two nn.Conv2d", f"{type(small).__name__}, {type(small_next).__name__}", "build new nn.Conv2d layers")
+        for layer, label in ((small, "the new conv"), (small_next, "the new next conv")):
+            _check_new_layer(name, case, layer, label, params)
         if small.out_channels != len(keep) or small_next.in_channels != len(keep):
             fail(
                 name,
@@ -554,11 +696,51 @@ def check_shrink_conv_pair(fn: Callable[..., tuple[nn.Module, nn.Module]]) -> No
                 f"{small.out_channels} and {small_next.in_channels}",
                 "the first layer loses output channels (dim 0 of its weight), the next loses the same input channels (dim 1)",
             )
-        for before, after in zip(originals, (conv.weight, conv.bias, successor.weight, successor.bias)):
-            if not torch.equal(before, after):
-                fail(name, case, "the original layers unchanged", "they were modified", "copy the kept slices into new layers")
-        with torch.no_grad():
-            out = small_next(torch.relu(small(x)))
+        for layer, original, label in ((small, conv, "the new conv"), (small_next, successor, "the new next conv")):
+            settings = ("kernel_size", "stride", "padding", "dilation")
+            if any(getattr(layer, s) != getattr(original, s) for s in settings):
+                fail(
+                    name,
+                    case,
+                    ", ".join(f"{s}={getattr(original, s)}" for s in settings),
+                    ", ".join(f"{s}={getattr(layer, s)}" for s in settings),
+                    f"build {label} with the original's kernel_size, stride and padding",
+                )
+        pieces = (
+            (small.weight, conv.weight[keep], "the new conv's weight", "conv.weight[keep] (its filters, dim 0)"),
+            (
+                small.bias,
+                None if conv.bias is None else conv.bias[keep],
+                "the new conv's bias",
+                "conv.bias[keep]: each kept filter keeps its own bias",
+            ),
+            (
+                small_next.weight,
+                successor.weight[:, keep],
+                "the new next conv's weight",
+                "next_conv.weight[:, keep] (its input channels, dim 1)",
+            ),
+            (
+                small_next.bias,
+                successor.bias,
+                "the new next conv's bias",
+                "next_conv.bias, whole and unchanged (its outputs are all still there)",
+            ),
+        )
+        for have, want, label, hint in pieces:
+            if not _same(have, want):
+                fail(name, case, f"{label} equal to {hint.split(' ')[0]}", "different values or shape", f"copy {hint}")
+        try:
+            with torch.no_grad():
+                out = small_next(torch.relu(small(x)))
+        except Exception as error:  # noqa: BLE001
+            fail(
+                name,
+                case,
+                "layers that run: conv -> ReLU -> next conv",
+                f"{type(error).__name__}: {error}",
+                "keep float32 weights, as the originals",
+            )
         if out.shape != expected.shape or not torch.allclose(out, expected, atol=1e-5):
             fail(
                 name,
@@ -567,7 +749,9 @@ def check_shrink_conv_pair(fn: Callable[..., tuple[nn.Module, nn.Module]]) -> No
                 f"max difference {(out - expected).abs().max():.3g}" if out.shape == expected.shape else f"shape {tuple(out.shape)}",
                 "copy weight[keep] and bias[keep] of the first conv, weight[:, keep] and the whole bias of the next",
             )
-    passed(name, f"{len(cases)} pairs: smaller layers, same function as the zeroed original")
+    passed(
+        name, f"{len(cases)} pairs: smaller layers with consistent attributes, same function as the zeroed original, originals untouched"
+    )
 
 
 def check_shrink_conv_linear(fn: Callable[..., tuple[nn.Module, nn.Module]]) -> None:
@@ -583,13 +767,57 @@ def check_shrink_conv_linear(fn: Callable[..., tuple[nn.Module, nn.Module]]) -> 
         side = int(round(spatial**0.5)) + conv.kernel_size[0] - 1  # input side giving a sqrt(spatial) output
         x = torch.randn(3, conv.in_channels, side, side)
         expected = _pair_reference(conv, linear, keep, x, spatial)
+        params = [*conv.parameters(), *linear.parameters()]
+        originals = [t.detach().clone() for t in params]
         got = _call(name, case, fn, conv, linear, keep, spatial)
+        for before, after in zip(originals, params):
+            _unchanged(
+                name, case, before, after, "the original layers", "copy the kept slices into new layers; leave conv and linear as they are"
+            )
         try:
             small, small_linear = got
+        except (TypeError, ValueError):
+            fail(name, case, "a pair (new conv, new linear)", repr(got), "return both new layers")
+        if not isinstance(small, nn.Conv2d) or not isinstance(small_linear, nn.Linear):
+            fail(
+                name,
+                case,
+                "(nn.Conv2d, nn.Linear)",
+                f"{type(small).__name__}, {type(small_linear).__name__}",
+                "build a new nn.Conv2d and nn.Linear",
+            )
+        for layer, label in ((small, "the new conv"), (small_linear, "the new linear")):
+            _check_new_layer(name, case, layer, label, params)
+        if small.out_channels != len(keep) or small_linear.in_features != len(keep) * spatial:
+            fail(
+                name,
+                case,
+                f"out_channels {len(keep)} and in_features {len(keep) * spatial}",
+                f"{small.out_channels} and {small_linear.in_features}",
+                f"the linear layer keeps len(keep) * spatial = {len(keep) * spatial} input features",
+            )
+        features = (keep[:, None] * spatial + torch.arange(spatial)[None, :]).flatten()
+        pieces = (
+            (small.weight, conv.weight[keep], "the new conv's weight", "conv.weight[keep]"),
+            (small.bias, conv.bias[keep], "the new conv's bias", "conv.bias[keep]: each kept filter keeps its own bias"),
+            (small_linear.bias, linear.bias, "the new linear's bias", "linear.bias, whole and unchanged"),
+        )
+        for have, want, label, hint in pieces:
+            if not _same(have, want):
+                fail(name, case, f"{label} equal to {hint.split(':')[0]}", "different values or shape", f"copy {hint}")
+        if not _same(small_linear.weight, linear.weight[:, features]):
+            fail(
+                name,
+                case,
+                f"the new linear's weight = linear.weight[:, features] with features {features[: 2 * spatial].tolist()}...",
+                "other columns",
+                "flattening (C, H, W) puts channel c's features at c*spatial ... c*spatial + spatial - 1 (channel-major); "
+                "keep those columns, "
+                "in that order",
+            )
+        try:
             with torch.no_grad():
                 out = small_linear(torch.relu(small(x)).flatten(1))
-        except NotImplementedError:
-            raise
         except Exception as error:  # noqa: BLE001
             fail(
                 name,
@@ -606,7 +834,7 @@ def check_shrink_conv_linear(fn: Callable[..., tuple[nn.Module, nn.Module]]) -> 
                 f"max difference {(out - expected).abs().max():.3g}",
                 "flattening puts channel c's features at c*spatial ... c*spatial + spatial - 1; keep those columns of the linear weight",
             )
-    passed(name, f"{len(cases)} conv -> flatten -> linear pairs shrunk with the right feature columns")
+    passed(name, f"{len(cases)} conv -> flatten -> linear pairs shrunk with the right feature columns, originals untouched")
 
 
 def check_lenet5_macs(fn: Callable[[int, int, int], int]) -> None:
