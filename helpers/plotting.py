@@ -139,7 +139,6 @@ def pareto_plot(
     ax = _axes(ax)
     for row in rows:
         ax.scatter(row["bytes"], 100 * row["accuracy"], s=40, zorder=3)
-        ax.annotate(row["name"], (row["bytes"], 100 * row["accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=9)
     best = pareto_front(rows) if front else []
     if len(best) > 1:  # one point alone dominates the rest: no line to draw, so no legend entry for one
         ax.plot([r["bytes"] for r in best], [100 * r["accuracy"] for r in best], "k--", alpha=0.5, label="Pareto front")
@@ -153,4 +152,30 @@ def pareto_plot(
     ax.set_xlabel("bytes on disk (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
+    _place_labels(ax, [(row["bytes"], 100 * row["accuracy"], str(row["name"])) for row in rows])
     return ax
+
+
+def _place_labels(ax: Axes, points: Sequence[tuple[float, float, str]]) -> None:
+    """Annotate each (x, y, text) point; each label takes the first offset where it overlaps no earlier label and stays inside the axes."""
+    ax.margins(x=0.08)
+    figure = ax.figure
+    renderer = figure.canvas.get_renderer() if hasattr(figure.canvas, "get_renderer") else figure._get_renderer()
+    inside = ax.get_window_extent(renderer)
+    from matplotlib.transforms import Bbox
+
+    placed: list = []  # the markers first, so that labels avoid them too
+    for x, y, _ in points:
+        px, py = ax.transData.transform((x, y))
+        placed.append(Bbox.from_extents(px - 5, py - 5, px + 5, py + 5))
+    offsets = [(dx, dy) for dy in (5, -14, 16, -25, 27, -36, 38) for dx in (5, -5)]
+    for x, y, text in sorted(points, key=lambda p: (p[0], p[1])):
+        for dx, dy in offsets:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=9, ha="left" if dx > 0 else "right")
+            box = label.get_window_extent(renderer)
+            fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            if fits and not any(box.overlaps(other) for other in placed):
+                break
+            if (dx, dy) != offsets[-1]:
+                label.remove()
+        placed.append(box)
