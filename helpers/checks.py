@@ -448,7 +448,10 @@ def _unchanged(name: str, case: str, before: Any, after: Any, what: str, hint: s
 
 
 def check_nm_mask(fn: Callable[..., np.ndarray]) -> None:
-    """``fn(w, n, m)`` -> boolean mask keeping the n largest |w| of every m consecutive entries along the last axis.
+    """``fn(w, n, m)`` -> boolean mask keeping the n largest |w| of every m consecutive entries along the input axis.
+
+    For a Linear weight (out, in) the groups run along ``in``; for a conv weight (out, in, kh, kw) along ``in`` at each
+    kernel position (``w[o, c:c+m, u, v]``).
 
     The learner's function gets the case's own array (not a copy) and must leave it unchanged. A numpy bool array
     or a torch bool tensor is accepted; ties (exact, on integer-valued weights) must prune the lower index first.
@@ -468,6 +471,9 @@ def check_nm_mask(fn: Callable[..., np.ndarray]) -> None:
         ("many exact ties: 32x64 integers in -1..1, 1:4", rng.integers(-1, 2, (32, 64)).astype(np.float64), 1, 4),
         ("many exact ties: 32x64 integers in -2..2, 2:8", rng.integers(-2, 3, (32, 64)).astype(np.float64), 2, 8),
         ("many exact ties: 16x64 integers in -3..3, 4:16 (float32)", rng.integers(-3, 4, (16, 64)).astype(np.float32), 4, 16),
+        ("conv weight (6, 8, 3, 3), 2:4 (groups along input channels)", rng.standard_normal((6, 8, 3, 3)), 2, 4),
+        ("conv weight (4, 16, 1, 1), 2:8 (pointwise)", rng.standard_normal((4, 16, 1, 1)), 2, 8),
+        ("conv weight (8, 8, 2, 3) of integers in -2..2, 2:4 (exact ties)", rng.integers(-2, 3, (8, 8, 2, 3)).astype(np.float32), 2, 4),
     ]
     for case, w, n, m in cases:
         expected = np.asarray(nm_mask(w, n, m))
@@ -499,7 +505,8 @@ def check_nm_mask(fn: Callable[..., np.ndarray]) -> None:
             )
         if not np.array_equal(got, expected):
             hint = (
-                "groups of m consecutive entries along the last axis (w.reshape(-1, m)); keep the n largest |w|; "
+                "groups of m consecutive entries along the input axis: the last axis of a 2-d weight; for a 4-d conv weight move the "
+                "input channels last first (transpose(0, 2, 3, 1)), group, and transpose the mask back; keep the n largest |w|; "
                 "ties: lower index pruned first, so use a STABLE sort (np.argsort(..., kind='stable') or torch.sort(..., stable=True)); "
                 "np.argpartition, torch.topk and unstable sorts order exact ties arbitrarily"
             )
@@ -511,24 +518,26 @@ def check_nm_mask(fn: Callable[..., np.ndarray]) -> None:
                 f"{len(np.argwhere(got != expected))} entries differ, e.g. at {wrong}",
                 hint,
             )
-    try:
-        fn(np.ones((2, 6)), 2, 4)
-    except ValueError:
-        pass
-    except NotImplementedError:
-        raise
-    except Exception as error:  # noqa: BLE001
-        fail(
-            name,
-            "w of shape (2, 6) with m = 4",
-            "ValueError",
-            f"{type(error).__name__}: {error}",
-            "raise ValueError when the last axis is not divisible by m",
-        )
-    else:
-        fail(name, "w of shape (2, 6) with m = 4", "ValueError", "no error", "raise ValueError when the last axis is not divisible by m")
+    for shape in ((2, 6), (4, 6, 2, 2)):
+        case = f"w of shape {shape} with m = 4 (input dimension 6)"
+        try:
+            fn(np.ones(shape), 2, 4)
+        except ValueError:
+            continue
+        except NotImplementedError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            fail(
+                name,
+                case,
+                "ValueError",
+                f"{type(error).__name__}: {error}",
+                "raise ValueError when the input dimension is not divisible by m",
+            )
+        fail(name, case, "ValueError", "no error", "raise ValueError when the input dimension (dim 1) is not divisible by m")
     passed(
-        name, f"{len(cases)} cases incl. many exact ties, 1:4 / 2:8 / 4:16, input left unchanged, and a clear error for an indivisible axis"
+        name,
+        f"{len(cases)} cases: Linear and conv weights, exact ties, 1:4 / 2:8 / 4:16, input left unchanged, ValueError when indivisible",
     )
 
 

@@ -15,6 +15,21 @@ from helpers import pruning as P
 # ----------------------------------------------------------------------------- nm_mask
 
 
+def conv_aware(fn2d):
+    """Lift a 2-d (out, in) mask function to conv weights: input channels last, mask, and back."""
+
+    def fn(w, n=2, m=4):
+        if w.ndim != 4:
+            return fn2d(w, n, m)
+        out, c, kh, kw = w.shape
+        mask = fn2d(w.transpose(0, 2, 3, 1).reshape(-1, c), n, m)
+        mask = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        return mask.reshape(out, kh, kw, c).transpose(0, 3, 1, 2)
+
+    fn.__name__ = fn2d.__name__
+    return fn
+
+
 def nm_ref(w, n=2, m=4):
     """The solution: stable argsort ascending, prune the m - n smallest."""
     if w.shape[-1] % m:
@@ -133,17 +148,38 @@ def nm_assert_instead_of_error(w, n=2, m=4):
     return nm_ref(w, n, m)
 
 
-NM_CORRECT = [nm_ref, nm_float64_rank, nm_loop, nm_torch]
+def nm_conv_along_kw(w, n=2, m=4):
+    """Wrong: reshapes the raw 4-d conv weight, so groups run along the kernel width, not the input channels."""
+    if w.shape[1] % m:
+        raise ValueError("indivisible")
+    groups = np.abs(w).reshape(-1, m)
+    order = np.argsort(groups, axis=1, kind="stable")
+    mask = np.ones(groups.shape, dtype=bool)
+    np.put_along_axis(mask, order[:, : m - n], False, axis=1)
+    return mask.reshape(w.shape)
+
+
+def nm_conv_not_transposed_back(w, n=2, m=4):
+    """Wrong: masks in (out, kh, kw, in) order and reshapes (not transposes) back to the weight's shape."""
+    if w.ndim != 4:
+        return nm_ref(w, n, m)
+    a = w.transpose(0, 2, 3, 1)
+    return nm_ref(np.ascontiguousarray(a), n, m).reshape(w.shape)
+
+
+NM_CORRECT = [conv_aware(f) for f in (nm_ref, nm_float64_rank, nm_loop, nm_torch)]
 NM_WRONG = [
-    nm_unstable_argsort,
-    nm_argpartition,
-    nm_topk,
-    nm_in_place,
-    nm_float_mask,
-    nm_keeps_signed_largest,
-    nm_prunes_n,
-    nm_assert_instead_of_error,
-]
+    conv_aware(f)
+    for f in (
+        nm_unstable_argsort,
+        nm_argpartition,
+        nm_topk,
+        nm_float_mask,
+        nm_keeps_signed_largest,
+        nm_prunes_n,
+        nm_assert_instead_of_error,
+    )
+] + [nm_in_place, nm_conv_along_kw, nm_conv_not_transposed_back]
 
 
 @pytest.mark.parametrize("fn", NM_CORRECT, ids=lambda f: f.__name__)
