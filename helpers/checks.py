@@ -900,6 +900,7 @@ def check_mse_range(fn: Callable[..., tuple[float, float]]) -> None:
         ("ReLU-like data with a long tail, 4 bits", np.maximum(rng.standard_t(3, 20_000), 0), 4),
         ("normal data, 8 bits", rng.standard_normal(20_000), 8),
         ("float32 data with one far outlier, 3 bits", np.append(rng.standard_normal(10_000), 40.0).astype(np.float32), 3),
+        ("all-zero activations (a dead channel), 8 bits", np.zeros(1000), 8),
     ]
     for case, x, bits in cases:
         best = quantization_mse(x, *mse_range(x, bits), bits)
@@ -914,7 +915,7 @@ def check_mse_range(fn: Callable[..., tuple[float, float]]) -> None:
         if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
             fail(name, case, "finite lo <= hi", (lo, hi), "return (lo, hi) of the best candidate range")
         error = quantization_mse(x, lo, hi, bits)
-        if error > 1.05 * best:
+        if not np.isfinite(error) or error > 1.05 * best:
             hint = (
                 "shrink BOTH ends of the min-max range by the same fraction (100 fractions from 1.0 to 0.01), measure the MSE over ALL "
                 "values (clipped ones included) with asymmetric qparams, keep the smallest"
