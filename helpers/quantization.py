@@ -164,20 +164,28 @@ def mse_range(x: Array, bits: int = 8, symmetric: bool = False, signed: bool = T
     return best_range
 
 
-def kl_range(x: Array, bits: int = 8, bins: int = 2048) -> tuple[float, float]:
-    """Entropy (KL-divergence) calibration of a non-negative activation, as in TensorRT (Migacz 2017).
+def kl_range(x: Array, bits: int = 8, bins: int = 2048, unsigned: bool | None = None) -> tuple[float, float]:
+    """Entropy (KL-divergence) calibration, as in TensorRT (Migacz 2017) and NVIDIA's pytorch-quantization.
 
     Builds a ``bins``-bin histogram of the nonzero |x| (exact zeros, e.g. from a ReLU, are
     represented exactly whatever the threshold, so they are left out); for each candidate threshold, folds the clipped tail into
-    the last bin (P), merges the bins into ``2**(bits - 1)`` levels and expands them back (Q), and
-    keeps the threshold minimising KL(P || Q). Returns the symmetric range (-t, t) or (0, t) for
-    non-negative data.
+    the last bin (P), merges the bins into as many levels as the integer grid has on one side of 0,
+    ``2**(bits - 1 + unsigned)`` (128 for int8, 256 for uint8: pytorch-quantization's
+    ``1 << (num_bits - 1 + int(unsigned))``), expands them back (Q), and keeps the threshold minimising
+    KL(P || Q). ``unsigned=None`` infers it from the data (unsigned when min(x) >= 0). Returns the
+    symmetric range (-t, t), or (0, t) for unsigned.
     """
-    a = np.abs(_np(x))
+    _check_bits(bits)
+    raw = _np(x)
+    if unsigned is None:
+        unsigned = bool(raw.min() >= 0)
+    elif unsigned and raw.min() < 0:
+        raise ValueError("unsigned=True needs non-negative data (min(x) >= 0)")
+    a = np.abs(raw)
     a = a[a > 0] if np.any(a > 0) else a
-    levels = 2 ** (bits - 1)
+    levels = 2 ** (bits - 1 + int(unsigned))
     if bins < levels:
-        raise ValueError(f"bins must be >= 2**(bits - 1) = {levels}, got {bins}")
+        raise ValueError(f"bins must be >= 2**(bits - 1 + unsigned) = {levels}, got {bins}")
     hist, edges = np.histogram(a, bins=bins, range=(0.0, float(a.max()) or 1.0))
     hist = hist.astype(np.float64)
     best, best_i = math.inf, bins
@@ -198,8 +206,7 @@ def kl_range(x: Array, bits: int = 8, bins: int = 2048) -> tuple[float, float]:
         if kl < best:
             best, best_i = kl, i
     threshold = float(edges[best_i])
-    signed_data = _np(x).min() < 0
-    return (-threshold if signed_data else 0.0), threshold
+    return (0.0 if unsigned else -threshold), threshold
 
 
 def sqnr_db(x: Array, x_hat: Array) -> float:

@@ -43,22 +43,35 @@ def draw_predictions(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.
 
 
 def prediction_explorer(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor) -> widgets.Widget:
-    """A slider over the test images that shows each model's predicted probabilities."""
-    slider = widgets.IntSlider(value=0, min=0, max=len(x) - 1, description="image", continuous_update=False)
-    wrong_only = widgets.Checkbox(value=False, description="only images some model gets wrong")
+    """A slider over the test images that shows each model's predicted probabilities.
+
+    The slider's value is the image index shown in the figure's title; ticking the box restricts the
+    slider to the images that at least one model gets wrong.
+    """
     with torch.no_grad():
         wrong = torch.zeros(len(x), dtype=torch.bool)
         for model in models.values():
             wrong |= model.eval()(x).argmax(1) != y
+    all_indices = list(range(len(x)))
     wrong_indices = torch.nonzero(wrong).flatten().tolist()
+    slider = widgets.SelectionSlider(options=all_indices, value=0, description="test image", continuous_update=False,
+                                     style={"description_width": "initial"})
+    wrong_only = widgets.Checkbox(value=False, description=f"only misclassified ({len(wrong_indices)})", indent=False,
+                                  style={"description_width": "initial"}, layout=widgets.Layout(width="auto"))
 
-    def show(index: int, only_wrong: bool) -> None:
-        if only_wrong and wrong_indices:
-            index = wrong_indices[index % len(wrong_indices)]
+    def restrict(change: dict) -> None:
+        options = wrong_indices if change["new"] and wrong_indices else all_indices
+        current = slider.value
+        slider.options = options
+        slider.value = current if current in options else options[0]
+
+    wrong_only.observe(restrict, names="value")
+
+    def show(index: int) -> None:
         draw_predictions(models, x, y, index)
         plt.show()
 
-    output = widgets.interactive_output(show, {"index": slider, "only_wrong": wrong_only})
+    output = widgets.interactive_output(show, {"index": slider})
     return widgets.VBox([widgets.HBox([slider, wrong_only]), output])
 
 
@@ -119,8 +132,8 @@ def draw_quantization(values: np.ndarray | torch.Tensor, bits: int, clip: float)
     fig, ax = plt.subplots(figsize=(8, 3.6))
     ax.hist(v, bins=200, alpha=0.7, label="values")
     if len(grid) <= 64:
-        for g in grid:
-            ax.axvline(g, color="tab:red", alpha=0.35, linewidth=0.8)
+        for j, g in enumerate(grid):
+            ax.axvline(g, color="tab:red", alpha=0.35, linewidth=0.8, label="grid levels" if j == 0 else None)
     ax.axvspan(-amax, amax, color="tab:green", alpha=0.08, label="clipping range")
     ax.set_xlabel("value")
     ax.set_ylabel("count")

@@ -102,6 +102,44 @@ def test_calibration_ranges_handle_outliers() -> None:
         Q.minmax_range(np.array([]))
 
 
+def _kl_threshold_reference(a: np.ndarray, levels: int, bins: int = 512) -> float:
+    """A plain re-implementation of entropy calibration with an explicit number of merged levels."""
+    a = np.abs(a[a != 0])
+    hist, edges = np.histogram(a, bins=bins, range=(0.0, float(a.max())))
+    best, best_i = np.inf, bins
+    for i in range(levels, bins + 1):
+        p = hist[:i].astype(np.float64)
+        p[-1] += hist[i:].sum()
+        q = np.zeros(i)
+        for chunk in np.array_split(np.arange(i), levels):
+            used = hist[chunk] > 0
+            if used.any():
+                q[chunk[used]] = hist[chunk].sum() / used.sum()
+        mask = p > 0
+        kl = np.sum(p[mask] / p.sum() * np.log((p[mask] / p.sum()) / np.where(q > 0, q / q.sum(), 1e-12)[mask]))
+        if kl < best:
+            best, best_i = kl, i
+    return float(edges[best_i])
+
+
+def test_kl_range_merges_into_as_many_levels_as_the_grid_has() -> None:
+    rng = np.random.default_rng(5)
+    relu = np.maximum(rng.standard_t(3, 20_000), 0)  # one-sided, long tail
+    signed = rng.standard_t(3, 20_000)
+    # uint8 / uint4 grids have 2**bits levels above 0, int8 / int4 2**(bits - 1) (TensorRT, pytorch-quantization)
+    assert Q.kl_range(relu, bits=4, bins=512)[1] == _kl_threshold_reference(relu, 16)
+    assert Q.kl_range(relu, bits=4, bins=512, unsigned=False)[1] == _kl_threshold_reference(relu, 8)
+    assert Q.kl_range(signed, bits=4, bins=512)[1] == _kl_threshold_reference(signed, 8)
+    assert _kl_threshold_reference(relu, 16) != _kl_threshold_reference(relu, 8)  # the test can tell them apart
+    lo, hi = Q.kl_range(signed, bits=4, bins=512)
+    assert lo == -hi < 0 and Q.kl_range(relu, bits=4, bins=512)[0] == 0.0
+    with pytest.raises(ValueError, match="256"):
+        Q.kl_range(relu, bits=8, bins=200)  # uint8 needs 256 bins at least
+    Q.kl_range(signed, bits=8, bins=200)  # int8 needs 128
+    with pytest.raises(ValueError, match="unsigned"):
+        Q.kl_range(signed, bits=4, unsigned=True)
+
+
 def test_sqnr_rises_about_six_db_per_bit() -> None:
     x = np.random.default_rng(3).uniform(-1, 1, 200_000)
     bits = np.arange(4, 13)

@@ -84,7 +84,20 @@ def test_prediction_explorer_draws_and_builds() -> None:
     assert len(fig.axes) == 3 and all(ax.get_title() for ax in fig.axes)
     assert fig.axes[1].get_ylabel() == "probability"
     plt.close("all")
-    assert isinstance(widgets.prediction_explorer({"a": LeNet300()}, x, y), ipywidgets.Widget)
+    assert fig.axes[0].get_title().startswith("test image 3,")
+    plt.close("all")
+    torch.manual_seed(0)
+    model = LeNet300()
+    explorer = widgets.prediction_explorer({"a": model}, x, y)
+    assert isinstance(explorer, ipywidgets.Widget)
+    slider, only_wrong = explorer.children[0].children
+    wrong = [i for i in range(5) if int(model(x[i : i + 1]).argmax()) != i]
+    assert list(slider.options) == list(range(5)) and "misclassified" in only_wrong.description
+    assert only_wrong.style.description_width == "initial"  # the label is not cut off
+    only_wrong.value = True  # the slider now steps through the misclassified images, and shows their real index
+    assert list(slider.options) == wrong and slider.value in wrong
+    only_wrong.value = False
+    assert list(slider.options) == list(range(5))
     plt.close("all")
     with pytest.raises(ValueError, match="index"):
         widgets.draw_predictions({"a": LeNet300()}, x, y, 5)
@@ -117,6 +130,7 @@ def test_quantization_explorer_draws_and_builds() -> None:
     values = np.random.default_rng(0).standard_normal(1000)
     fig = widgets.draw_quantization(values, 3, 0.5)
     assert "SQNR" in fig.axes[0].get_title() and fig.axes[0].get_xlabel() == "value"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["values", "grid levels", "clipping range"]
     plt.close("all")
     assert isinstance(widgets.quantization_explorer(values), ipywidgets.Widget)
     plt.close("all")
