@@ -78,7 +78,7 @@ def factorize_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
 
 
 def factorize_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
-    """A Conv2d as two by the SVD of its kernel reshaped to (C_out, C_in k_h k_w) (Zhang et al. 2016's channel split).
+    """A Conv2d as two by the SVD of its kernel reshaped to (C_out, C_in k_h k_w) (the layer shape of Zhang et al. 2016).
 
     ``K ~= U_r S_r Vt_r``: the first conv (C_in -> rank, the original k x k, stride, padding and dilation,
     no bias) holds ``sqrt(S_r) Vt_r`` reshaped to (rank, C_in, k_h, k_w); the second, a 1x1 (rank -> C_out),
