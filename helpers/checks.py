@@ -1800,56 +1800,156 @@ def check_attention_map(fn: Callable[..., torch.Tensor]) -> None:
 # ----------------------------------------------------------------------------- chapter 08: low-rank factorization
 
 
+def _lr_array(check: str, case: str, value: Any, what: str) -> np.ndarray:
+    """A learner's numpy array or torch tensor as a float64 numpy array; anything else fails with a hint."""
+    __tracebackhide__ = True
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.number):
+        fail(
+            check,
+            case,
+            f"{what} as a numpy array (or torch tensor)",
+            f"{type(value).__name__}",
+            "return the arrays themselves, e.g. U[:, :rank]",
+        )
+    return value
+
+
+def _lr_unchanged(check: str, case: str, before: np.ndarray, after: Any, what: str) -> None:
+    """Fail if the learner's function changed its input array in place."""
+    __tracebackhide__ = True
+    now = after.detach().cpu().numpy() if isinstance(after, torch.Tensor) else np.asarray(after)
+    if now.shape != before.shape or not np.array_equal(now, before):
+        fail(
+            check,
+            case,
+            f"{what} unchanged after your call",
+            f"{what} modified in place"
+            + (f" (max change {np.max(np.abs(now.astype(np.float64) - before)):.3g})" if now.shape == before.shape else ""),
+            "work on a copy: no `x /= ...`, `x **= 2`, `x -= ...`, `out=x` or `.mul_()` on the argument (it may be a model's weight)",
+        )
+
+
 def check_truncated_svd(fn: Callable[[np.ndarray, int], tuple]) -> None:
-    """``fn(W, rank)`` -> (U_r (m, r), S_r (r,), Vt_r (r, n)) of the leading singular triplets."""
+    """``fn(W, rank)`` -> (U_r (m, r), S_r (r,), Vt_r (r, n)): the leading singular triplets, S_r decreasing.
+
+    Any correct truncated SVD passes (a singular vector pair may flip sign); float32 inputs are judged at
+    float32 tolerance, float64 inputs at float64 tolerance.
+    """
     from .lowrank import low_rank_approx
 
     name = "check_truncated_svd"
     rng = np.random.default_rng(22)
-    for shape, rank in (((8, 5), 2), ((5, 8), 3), ((30, 30), 30), ((12, 7), 1)):
-        W = rng.standard_normal(shape)
-        case = f"W {shape}, rank {rank}"
-        got = _call(name, case, fn, W.copy(), rank)
-        U, S, Vt = (np.asarray(v) for v in got)
+    cases = [
+        ((8, 5), 2, np.float64),
+        ((5, 8), 3, np.float64),
+        ((30, 30), 30, np.float64),
+        ((12, 7), 1, np.float64),
+        ((40, 25), 6, np.float32),
+    ]
+    for shape, rank, dtype in cases:
+        W = rng.standard_normal(shape).astype(dtype)
+        W_before = W.copy()
+        case = f"W {shape} {np.dtype(dtype).name}, rank {rank}"
+        got = _call(name, case, fn, W, rank)
+        _lr_unchanged(name, case, W_before, W, "W")
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            fail(name, case, "a tuple (U_r, S_r, Vt_r)", f"{type(got).__name__}", "return U[:, :rank], S[:rank], Vt[:rank]")
+        U, S, Vt = (_lr_array(name, case, v, part) for v, part in zip(got, ("U_r", "S_r", "Vt_r")))
         if U.shape != (shape[0], rank) or S.shape != (rank,) or Vt.shape != (rank, shape[1]):
             fail(
                 name,
                 case,
                 f"shapes {(shape[0], rank)}, {(rank,)}, {(rank, shape[1])}",
                 f"{U.shape}, {S.shape}, {Vt.shape}",
-                "np.linalg.svd(W, full_matrices=False) gives U, S, Vt; keep the first `rank` columns of U, entries of S, rows of Vt",
+                "np.linalg.svd(W, full_matrices=False) gives U, S, Vt; keep the first `rank` columns of U, entries of S, rows of Vt "
+                "(Vt, not V: its rows are the right singular vectors)",
             )
-        if not np.allclose((U * S) @ Vt, low_rank_approx(W, rank), atol=1e-8):
+        if not np.all(np.isfinite(U)) or not np.all(np.isfinite(S)) or not np.all(np.isfinite(Vt)):
+            fail(name, case, "finite numbers", "NaN or inf", "a division by a zero singular value? (sqrt of a tiny negative eigenvalue?)")
+        float64_in = dtype == np.float64
+        tol = 1e-8 if float64_in else 2e-4  # scaled by the largest singular value below
+        scale = float(np.linalg.norm(W_before, 2))
+        ref_S = np.linalg.svd(W_before.astype(np.float64), compute_uv=False)[:rank]
+        low_precision = float64_in and (U.dtype != np.float64 or S.dtype != np.float64 or Vt.dtype != np.float64)
+        precision_hint = " Your result is not float64 although W is: compute in float64." if low_precision else ""
+        if np.any(np.diff(S.astype(np.float64)) > tol * scale) or np.any(S < -tol * scale):
+            fail(
+                name,
+                case,
+                f"S_r decreasing and >= 0: {np.round(ref_S[:4], 4).tolist()}...",
+                np.round(S[:4].astype(np.float64), 4).tolist(),
+                "return the singular values largest first (np.linalg.eigh sorts eigenvalues INCREASING: reverse them, and their vectors)",
+            )
+        if not np.allclose(S, ref_S, rtol=0, atol=tol * scale):
+            fail(
+                name,
+                case,
+                f"the {rank} largest singular values {np.round(ref_S[:4], 5).tolist()}...",
+                np.round(S[:4].astype(np.float64), 5).tolist(),
+                "keep the LARGEST singular values; a singular value is the square root of an eigenvalue of W^T W." + precision_hint,
+            )
+        eye = np.eye(rank)
+        if not np.allclose(U.T.astype(np.float64) @ U, eye, atol=10 * tol) or not np.allclose(
+            Vt.astype(np.float64) @ Vt.T, eye, atol=10 * tol
+        ):
+            fail(
+                name,
+                case,
+                "orthonormal columns in U_r and orthonormal rows in Vt_r",
+                f"max |U^T U - I| = {np.abs(U.T @ U - eye).max():.2e}, max |Vt Vt^T - I| = {np.abs(Vt @ Vt.T - eye).max():.2e}",
+                "U_r = W V_r / S_r (divide each column by its singular value); do not multiply S into U or Vt." + precision_hint,
+            )
+        product = (U.astype(np.float64) * S) @ Vt
+        if not np.allclose(product, low_rank_approx(W_before.astype(np.float64), rank), rtol=0, atol=tol * scale):
             fail(
                 name,
                 case,
                 "U_r diag(S_r) Vt_r = the best rank-r approximation",
                 "a different matrix",
-                "keep the LARGEST singular values (np.linalg.svd sorts them in decreasing order)",
+                "each column u_i must pair with its own row v_i and sigma_i (same order, consistent signs: U_r = W V_r / S_r)."
+                + precision_hint,
             )
-    passed(name, "4 matrices (tall, wide, square full rank, rank 1)")
+    passed(name, f"{len(cases)} matrices (tall, wide, square full rank, rank 1, float32), inputs left unchanged")
 
 
 def check_low_rank_error(fn: Callable[[np.ndarray, int], float]) -> None:
     """``fn(singular_values, rank)`` -> Frobenius error of the rank-r truncation, sqrt(sum of the discarded sigma**2)."""
     name = "check_low_rank_error"
     rng = np.random.default_rng(23)
-    for n, rank in ((10, 3), (10, 10), (5, 1), (40, 12)):
+    cases = [(10, 3, np.float64), (10, 10, np.float64), (5, 1, np.float64), (40, 12, np.float64), (40, 39, np.float64), (20, 4, np.float32)]
+    for n, rank, dtype in cases:
         W = rng.standard_normal((n + 3, n))
-        S = np.linalg.svd(W, compute_uv=False)
         U, S_, Vt = np.linalg.svd(W, full_matrices=False)
         expected = float(np.linalg.norm(W - (U[:, :rank] * S_[:rank]) @ Vt[:rank]))
-        case = f"{n} singular values, rank {rank}"
-        got = float(_call(name, case, fn, S.copy(), rank))
-        if not np.isclose(got, expected, rtol=1e-9, atol=1e-12):
+        S = S_.astype(dtype)
+        S_before = S.copy()
+        case = f"{n} singular values ({np.dtype(dtype).name}), rank {rank}"
+        raw = _call(name, case, fn, S, rank)
+        _lr_unchanged(name, case, S_before, S, "singular_values")
+        try:
+            got = float(raw)
+        except (TypeError, ValueError):
+            fail(
+                name,
+                case,
+                "a single float",
+                f"{type(raw).__name__} {getattr(raw, 'shape', '')}",
+                "return one number, e.g. float(np.sqrt(...))",
+            )
+        scale = float(np.linalg.norm(S_))
+        atol = (1e-6 if dtype == np.float32 else 1e-7) * scale  # room for sqrt(total - kept) rounding at rank = n
+        if not np.isfinite(got) or not np.isclose(got, expected, rtol=1e-9 if dtype == np.float64 else 1e-6, atol=atol):
             fail(
                 name,
                 case,
                 f"{expected:.8g}",
                 f"{got:.8g}",
-                "Eckart-Young: sqrt(sum of sigma_i**2 for i >= rank) (0-based); the square root matters",
+                "Eckart-Young: sqrt(sum of sigma_i**2 for the DISCARDED i >= rank) (0-based); the square root matters; "
+                "sum the discarded ones directly (sqrt(total - kept) can go negative by rounding)",
             )
-    passed(name, "4 cases equal the measured error ||W - W_r||_F")
+    passed(name, f"{len(cases)} cases equal the measured error ||W - W_r||_F (float64 and float32), inputs left unchanged")
 
 
 def check_rank_for_energy(fn: Callable[[np.ndarray, float], int]) -> None:
@@ -1860,19 +1960,63 @@ def check_rank_for_energy(fn: Callable[[np.ndarray, float], int]) -> None:
     rng = np.random.default_rng(24)
     cases = [(np.array([3.0, 2.0, 1.0, 0.0]), e) for e in (0.5, 9 / 14, 0.65, 13 / 14, 0.99, 1.0)]
     cases += [(np.sort(rng.random(50))[::-1] ** 3, e) for e in (0.3, 0.9)]
+    cases += [(np.array([2.0, 1.0, 1.0, 1.0]), e) for e in (0.1, 5 / 7, 6 / 7)]  # exact thresholds with ties
+    cases += [(np.linspace(1.0, 0.1, 30, dtype=np.float32), 0.8)]
     for s, energy in cases:
-        case = f"sigma {np.round(s[:4], 3).tolist()}..., energy {energy:.4f}"
+        case = f"sigma {np.round(s[:4], 3).tolist()}... ({len(s)} values, {s.dtype.name}), energy {energy:.4f}"
         expected = rank_for_energy(s, energy)
-        got = _as_int(name, case, _call(name, case, fn, s.copy(), energy))
+        s_before = s.copy()
+        got = _as_int(name, case, _call(name, case, fn, s, energy))
+        _lr_unchanged(name, case, s_before, s, "singular_values")
         if got != expected:
             fail(
                 name,
                 case,
                 expected,
                 got,
-                "energy is sum of sigma**2 (not sigma); the smallest r whose cumulative energy reaches the target; r counts from 1",
+                "energy is sum of sigma**2 (not sigma); the SMALLEST r whose cumulative energy reaches (>=) the target; r counts from 1",
             )
-    passed(name, f"{len(cases)} cases incl. exact thresholds and trailing zeros")
+    passed(name, f"{len(cases)} cases incl. exact thresholds, ties and trailing zeros, inputs left unchanged")
+
+
+def _lr_module_checks(check: str, case: str, got: Any, kinds: tuple, original: nn.Module, ranks: tuple) -> None:
+    """Structure of a factorized block: an nn.Sequential of fresh layers of ``kinds``, trainable, in the original dtype."""
+    __tracebackhide__ = True
+    names = " -> ".join(k.__name__ for k in kinds)
+    if not isinstance(got, nn.Sequential) or len(got) != len(kinds) or not all(isinstance(m, k) for m, k in zip(got, kinds)):
+        fail(
+            check,
+            case,
+            f"nn.Sequential({names})",
+            f"{type(got).__name__}: {repr(got)[:90]}",
+            f"return nn.Sequential(...) of {len(kinds)} layers (an nn.Module, not numpy factors)",
+        )
+    for index, m in enumerate(got):
+        if m.weight.dtype != original.weight.dtype:
+            fail(
+                check,
+                case,
+                f"layer {index} weight {original.weight.dtype}",
+                m.weight.dtype,
+                "copy_ the float64 factors into float32 layers (the model runs in float32)",
+            )
+        if not m.weight.requires_grad or (m.bias is not None and not m.bias.requires_grad):
+            fail(
+                check,
+                case,
+                "trainable parameters (requires_grad)",
+                f"layer {index} is frozen",
+                "create the layers with nn.Linear / nn.Conv2d and fill them under torch.no_grad()",
+            )
+        for p in (m.weight, m.bias):
+            if p is not None and any(p is q or p.data_ptr() == q.data_ptr() for q in original.parameters()):
+                fail(
+                    check,
+                    case,
+                    "new parameters",
+                    f"layer {index} shares a tensor with the original layer",
+                    "copy the bias (second.bias.copy_(layer.bias)) instead of assigning it: if shared, fine-tuning changes the original",
+                )
 
 
 def check_factorize_linear(fn: Callable[[nn.Linear, int], nn.Module]) -> None:
@@ -1881,12 +2025,15 @@ def check_factorize_linear(fn: Callable[[nn.Linear, int], nn.Module]) -> None:
 
     name = "check_factorize_linear"
     torch.manual_seed(25)
-    for fan_in, fan_out, rank in ((20, 12, 4), (50, 30, 30), (9, 16, 1)):
-        layer = nn.Linear(fan_in, fan_out)
-        case = f"Linear({fan_in}, {fan_out}), rank {rank}"
+    cases = ((20, 12, 4, True), (50, 30, 30, True), (9, 16, 1, True), (14, 10, 3, False))
+    for fan_in, fan_out, rank, bias in cases:
+        layer = nn.Linear(fan_in, fan_out, bias=bias)
+        state = {k: v.clone() for k, v in layer.state_dict().items()}
+        case = f"Linear({fan_in}, {fan_out}, bias={bias}), rank {rank}"
         got = _call(name, case, fn, layer, rank)
-        if not isinstance(got, nn.Sequential) or len(got) != 2 or not all(isinstance(m, nn.Linear) for m in got):
-            fail(name, case, "nn.Sequential of two nn.Linear", repr(got)[:80], "return nn.Sequential(first, second)")
+        for k, v in layer.state_dict().items():
+            _lr_unchanged(name, case, state[k].numpy(), v, f"layer.{k}")
+        _lr_module_checks(name, case, got, (nn.Linear, nn.Linear), layer, (rank,))
         first, second = got
         if tuple(first.weight.shape) != (rank, fan_in) or tuple(second.weight.shape) != (fan_out, rank):
             fail(
@@ -1896,8 +2043,30 @@ def check_factorize_linear(fn: Callable[[nn.Linear, int], nn.Module]) -> None:
                 f"{tuple(first.weight.shape)} and {tuple(second.weight.shape)}",
                 "first layer: in -> rank (weight sqrt(S) Vt); second: rank -> out (weight U sqrt(S)); check for a transposed factor",
             )
+        attributes = (first.in_features, first.out_features, second.in_features, second.out_features)
+        if attributes != (fan_in, rank, rank, fan_out):
+            fail(
+                name,
+                case,
+                f"in/out_features {(fan_in, rank, rank, fan_out)}",
+                attributes,
+                "build nn.Linear(in, rank) and nn.Linear(rank, out) rather than overwriting .weight of other-sized layers",
+            )
+        if first.bias is not None:
+            fail(
+                name,
+                case,
+                "first layer without bias",
+                "a bias of shape " + str(tuple(first.bias.shape)),
+                "nn.Linear(in, rank, bias=False): the original bias belongs to the second layer only",
+            )
+        if bias and second.bias is None:
+            fail(name, case, "second layer with the original bias", "no bias", "nn.Linear(rank, out) keeps a bias: copy layer.bias into it")
+        if not bias and second.bias is not None and second.bias.detach().abs().max() > 0:
+            fail(name, case, "no bias (the layer had none)", "a random bias", "nn.Linear(rank, out, bias=layer.bias is not None)")
         x = torch.randn(5, fan_in)
-        expected = x.double() @ torch.from_numpy(low_rank_approx(layer.weight.detach().double(), rank)).T + layer.bias.double()
+        b = layer.bias.detach().double() if bias else 0.0
+        expected = x.double() @ torch.from_numpy(low_rank_approx(layer.weight.detach().double(), rank)).T + b
         with torch.no_grad():
             out = got(x).double()
         if not torch.allclose(out, expected, atol=1e-4):
@@ -1918,7 +2087,84 @@ def check_factorize_linear(fn: Callable[[nn.Linear, int], nn.Module]) -> None:
                 np.round(norms[:3], 4).tolist(),
                 "split sqrt(S) between the two factors: first = sqrt(S)[:, None] * Vt, second = U * sqrt(S)",
             )
-    passed(name, "3 layers: correct product, shapes and the even sqrt(S) split")
+    passed(name, f"{len(cases)} layers: correct product, shapes, bias on the second layer only, the even sqrt(S) split, original untouched")
+
+
+def check_factorize_conv(fn: Callable[[nn.Conv2d, int], nn.Module]) -> None:
+    """``fn(conv, rank)`` -> nn.Sequential(Conv2d(C_in, r, k, stride, padding, bias=False), Conv2d(r, C_out, 1) + bias) from the
+    SVD of the kernel reshaped to (C_out, C_in k k), sqrt(S) split evenly."""
+    from .lowrank import factorize_conv
+
+    name = "check_factorize_conv"
+    torch.manual_seed(28)
+    cases = ((20, 50, 5, 1, 0, 10, True), (3, 8, 3, 2, 1, 4, True), (6, 4, (3, 1), 1, (1, 0), 4, False), (4, 6, 3, 1, 1, 6, True))
+    for c_in, c_out, k, stride, pad, rank, bias in cases:
+        conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, bias=bias)
+        state = {key: v.clone() for key, v in conv.state_dict().items()}
+        case = f"Conv2d({c_in}, {c_out}, kernel_size={k}, stride={stride}, padding={pad}, bias={bias}), rank {rank}"
+        got = _call(name, case, fn, conv, rank)
+        for key, v in conv.state_dict().items():
+            _lr_unchanged(name, case, state[key].numpy(), v, f"conv.{key}")
+        _lr_module_checks(name, case, got, (nn.Conv2d, nn.Conv2d), conv, (rank,))
+        first, second = got
+        ref_first, ref_second = factorize_conv(conv, rank)
+        for label, mine, ref in (("first", first, ref_first), ("second", second, ref_second)):
+            mine_cfg = (tuple(mine.weight.shape), mine.in_channels, mine.out_channels, mine.kernel_size, mine.stride, mine.padding)
+            ref_cfg = (tuple(ref.weight.shape), ref.in_channels, ref.out_channels, ref.kernel_size, ref.stride, ref.padding)
+            if mine_cfg != ref_cfg:
+                fail(
+                    name,
+                    case,
+                    f"{label} conv (weight shape, in, out, kernel, stride, padding) = {ref_cfg}",
+                    mine_cfg,
+                    "first: nn.Conv2d(C_in, rank, k, stride, padding, bias=False) holding sqrt(S) Vt reshaped to (rank, C_in, kh, kw); "
+                    "second: nn.Conv2d(rank, C_out, 1) holding U sqrt(S) and the bias",
+                )
+        if first.bias is not None:
+            fail(name, case, "first conv without bias", "a bias", "bias=False on the first conv: the original bias belongs to the 1x1 conv")
+        if (second.bias is None) == bias:
+            fail(
+                name,
+                case,
+                f"1x1 conv {'with' if bias else 'without'} a bias",
+                f"{'no' if second.bias is None else 'a'} bias",
+                "copy conv.bias into the second conv when the original has one",
+            )
+        x = torch.randn(2, c_in, 9, 9)
+        with torch.no_grad():
+            out, expected = got(x), ref_second(ref_first(x))
+        if not torch.allclose(out, expected, atol=1e-4):
+            fail(
+                name,
+                case,
+                "the convolution with the rank-r kernel",
+                f"max difference {(out - expected).abs().max():.3g}",
+                "reshape the kernel to (C_out, C_in*kh*kw), take the leading triplets, reshape sqrt(S) Vt back to (rank, C_in, kh, kw)",
+            )
+        if rank >= min(c_out, c_in * conv.weight[0, 0].numel()):
+            with torch.no_grad():
+                full = conv(x)
+            if not torch.allclose(out, full, atol=1e-4):
+                fail(
+                    name,
+                    case,
+                    "at full rank, the original convolution's output",
+                    f"max difference {(out - full).abs().max():.3g}",
+                    "stride and padding go to the first conv only",
+                )
+        norms = first.weight.detach().double().flatten(1).norm(dim=1).numpy()
+        ref_norms = ref_first.weight.detach().double().flatten(1).norm(dim=1).numpy()
+        if not np.allclose(norms, ref_norms, rtol=1e-4):
+            fail(
+                name,
+                case,
+                f"filter norms of the first conv = sqrt(S) = {np.round(ref_norms[:3], 4).tolist()}",
+                np.round(norms[:3], 4).tolist(),
+                "split sqrt(S) evenly: first = sqrt(S)[:, None] * Vt, second = U * sqrt(S)",
+            )
+    passed(
+        name, f"{len(cases)} convolutions (stride, padding, rectangular kernel, full rank): rank-r output, even split, original untouched"
+    )
 
 
 def check_hosvd(fn: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
@@ -1927,37 +2173,62 @@ def check_hosvd(fn: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]) ->
 
     name = "check_hosvd"
     rng = np.random.default_rng(26)
-    for shape, r_out, r_in in (((6, 4, 3, 3), 3, 2), ((10, 5, 5, 5), 10, 5), ((8, 6, 1, 1), 2, 6)):
-        K = rng.standard_normal(shape)
-        case = f"K {shape}, ranks ({r_out}, {r_in})"
-        ref_core, ref_out, ref_in = hosvd_tucker2(K, r_out, r_in)
-        got = _call(name, case, fn, K.copy(), r_out, r_in)
-        core, U_out, U_in = (np.asarray(v, dtype=np.float64) for v in got)
+    cases = (
+        ((6, 4, 3, 3), 3, 2, np.float64),
+        ((10, 5, 5, 5), 10, 5, np.float64),
+        ((8, 6, 1, 1), 2, 6, np.float64),
+        ((12, 9, 3, 3), 4, 7, np.float32),
+    )
+    for shape, r_out, r_in, dtype in cases:
+        K = rng.standard_normal(shape).astype(dtype)
+        K_before = K.copy()
+        case = f"K {shape} {np.dtype(dtype).name}, ranks (rank_out={r_out}, rank_in={r_in})"
+        ref_core, ref_out, ref_in = hosvd_tucker2(K_before, r_out, r_in)
+        got = _call(name, case, fn, K, r_out, r_in)
+        _lr_unchanged(name, case, K_before, K, "K")
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            fail(name, case, "a tuple (core, U_out, U_in)", type(got).__name__, "return core, U_out, U_in")
+        core, U_out, U_in = (_lr_array(name, case, v, part).astype(np.float64) for v, part in zip(got, ("core", "U_out", "U_in")))
         if U_out.shape != ref_out.shape or U_in.shape != ref_in.shape or core.shape != ref_core.shape:
             fail(
                 name,
                 case,
                 f"core {ref_core.shape}, U_out {ref_out.shape}, U_in {ref_in.shape}",
                 f"{core.shape}, {U_out.shape}, {U_in.shape}",
-                "U_out from the mode-0 unfolding (C_out rows), U_in from the mode-1 unfolding (C_in rows)",
+                "U_out from the mode-0 unfolding (C_out rows), U_in from the mode-1 unfolding (C_in rows); core (rank_out, rank_in, k, k); "
+                "return them in the order (core, U_out, U_in)",
             )
-        if not np.allclose(U_out @ U_out.T, ref_out @ ref_out.T, atol=1e-8) or not np.allclose(U_in @ U_in.T, ref_in @ ref_in.T, atol=1e-8):
+        tol = 1e-8 if dtype == np.float64 else 1e-4
+        for label, U in (("U_out", U_out), ("U_in", U_in)):
+            if not np.allclose(U.T @ U, np.eye(U.shape[1]), atol=tol):
+                fail(
+                    name,
+                    case,
+                    f"{label} with orthonormal columns",
+                    f"max |U^T U - I| = {np.abs(U.T @ U - np.eye(U.shape[1])).max():.2e}",
+                    "left singular vectors only (the U of the SVD, not U * S)",
+                )
+        if not np.allclose(U_out @ U_out.T, ref_out @ ref_out.T, atol=tol) or not np.allclose(U_in @ U_in.T, ref_in @ ref_in.T, atol=tol):
             fail(
                 name,
                 case,
                 "the leading left singular subspaces of the unfoldings",
                 "different subspaces",
-                "mode-1 unfolding: move axis 1 to the front before reshaping (K.transpose(1, 0, 2, 3).reshape(C_in, -1))",
+                "the LEADING (largest) singular vectors; mode-1 unfolding: move axis 1 to the front before reshaping "
+                "(K.transpose(1, 0, 2, 3).reshape(C_in, -1)); do not centre K",
             )
-        if not np.allclose(tucker2_reconstruct(core, U_out, U_in), tucker2_reconstruct(ref_core, ref_out, ref_in), atol=1e-8):
+        scale = float(np.linalg.norm(K_before))
+        if not np.allclose(tucker2_reconstruct(core, U_out, U_in), tucker2_reconstruct(ref_core, ref_out, ref_in), atol=tol * scale):
             fail(
                 name,
                 case,
                 "core = K x0 U_out^T x1 U_in^T",
                 "a different core",
-                "project K onto the factors: contract mode 0 with U_out and mode 1 with U_in",
+                "project K onto the factors: contract mode 0 with U_out and mode 1 with U_in (einsum 'oikl,or,is->rskl')",
             )
-    passed(name, "3 kernels: orthonormal factors spanning the right subspaces, and the projected core")
+    passed(
+        name, f"{len(cases)} kernels (one float32): orthonormal factors spanning the right subspaces, the projected core, K left unchanged"
+    )
 
 
 def check_tucker2_macs(fn: Callable[..., int]) -> None:
@@ -1966,8 +2237,15 @@ def check_tucker2_macs(fn: Callable[..., int]) -> None:
 
     name = "check_tucker2_macs"
     torch.manual_seed(27)
-    for c_in, c_out, k, r_in, r_out, h, w, pad in ((20, 50, 5, 8, 16, 12, 12, 0), (16, 32, 3, 4, 8, 10, 14, 1), (3, 6, 3, 3, 6, 9, 9, 0)):
-        case = f"c_in={c_in}, c_out={c_out}, k={k}, ranks in/out {r_in}/{r_out}, {h}x{w}, padding {pad}"
+    cases = (
+        (20, 50, 5, 8, 16, 12, 12, 0),
+        (16, 32, 3, 4, 8, 10, 14, 1),
+        (3, 6, 3, 3, 6, 9, 9, 0),
+        (7, 5, 3, 5, 2, 6, 11, 2),
+        (4, 4, 1, 2, 3, 5, 5, 0),
+    )
+    for c_in, c_out, k, r_in, r_out, h, w, pad in cases:
+        case = f"c_in={c_in}, c_out={c_out}, k={k}, rank_in={r_in}, rank_out={r_out}, {h}x{w}, padding {pad}"
         expected = count_macs(tucker2_conv(nn.Conv2d(c_in, c_out, k, padding=pad), r_out, r_in), (1, c_in, h, w))
         got = _as_int(name, case, _call(name, case, fn, c_in, c_out, k, r_in, r_out, h, w, pad))
         if got != expected:
@@ -1976,6 +2254,75 @@ def check_tucker2_macs(fn: Callable[..., int]) -> None:
                 case,
                 expected,
                 got,
-                "first 1x1 on the INPUT size (c_in r_in H W); core on the output size (r_in r_out k^2 H' W'); last 1x1 (r_out c_out H' W')",
+                "first 1x1 on the INPUT size (c_in r_in H W); core on the output size (r_in r_out k^2 H' W', H' = H + 2p - k + 1); "
+                "last 1x1 (r_out c_out H' W'); 1x1 convs have no k^2",
             )
-    passed(name, "3 blocks equal the hook count")
+    passed(name, f"{len(cases)} blocks (padding, non-square inputs, rank_in != rank_out, k = 1) equal the hook count")
+
+
+def check_tucker2_conv(fn: Callable[[nn.Conv2d, int, int], nn.Module]) -> None:
+    """``fn(conv, rank_out, rank_in)`` -> nn.Sequential(1x1 C_in -> R_in, kxk R_in -> R_out (conv's padding), 1x1 R_out -> C_out + bias),
+    equal in output to ``helpers.lowrank.tucker2_conv``, to the conv itself at full ranks, with the formula's MACs."""
+    from .lowrank import tucker2_conv, tucker2_macs
+
+    name = "check_tucker2_conv"
+    torch.manual_seed(29)
+    cases = ((20, 50, 5, 0, 16, 8, True), (8, 12, 3, 1, 5, 3, True), (6, 4, 3, 1, 4, 6, False), (10, 7, 3, 0, 7, 10, True))
+    for c_in, c_out, k, pad, r_out, r_in, bias in cases:
+        conv = nn.Conv2d(c_in, c_out, k, padding=pad, bias=bias)
+        state = {key: v.clone() for key, v in conv.state_dict().items()}
+        case = f"Conv2d({c_in}, {c_out}, {k}, padding={pad}, bias={bias}), rank_out={r_out}, rank_in={r_in}"
+        got = _call(name, case, fn, conv, r_out, r_in)
+        for key, v in conv.state_dict().items():
+            _lr_unchanged(name, case, state[key].numpy(), v, f"conv.{key}")
+        _lr_module_checks(name, case, got, (nn.Conv2d, nn.Conv2d, nn.Conv2d), conv, (r_out, r_in))
+        reference = tucker2_conv(conv, r_out, r_in)
+        for index, (mine, ref) in enumerate(zip(got, reference)):
+            mine_cfg = (
+                tuple(mine.weight.shape),
+                mine.in_channels,
+                mine.out_channels,
+                mine.kernel_size,
+                mine.padding,
+                mine.bias is not None,
+            )
+            ref_cfg = (tuple(ref.weight.shape), ref.in_channels, ref.out_channels, ref.kernel_size, ref.padding, ref.bias is not None)
+            if mine_cfg != ref_cfg:
+                fail(
+                    name,
+                    case,
+                    f"conv {index} (weight shape, in, out, kernel, padding, has bias) = {ref_cfg}",
+                    mine_cfg,
+                    "1x1 (C_in -> rank_in, weight U_in^T, no bias) -> kxk core (rank_in -> rank_out, the original padding, no bias) "
+                    "-> 1x1 (rank_out -> C_out, weight U_out, the original bias)",
+                )
+        x = torch.randn(2, c_in, 11, 11)
+        with torch.no_grad():
+            out, expected = got(x), reference(x)
+        if not torch.allclose(out, expected, atol=1e-4):
+            fail(
+                name,
+                case,
+                "the output of the Tucker-2 (HOSVD) block",
+                f"max difference {(out - expected).abs().max():.3g}",
+                "first weight U_in.T[:, :, None, None], core G (rank_out, rank_in, k, k), last weight U_out[:, :, None, None]; "
+                "U_out from the mode-0 unfolding, U_in from the mode-1 unfolding",
+            )
+        if r_out == c_out and r_in == c_in:
+            with torch.no_grad():
+                full = conv(x)
+            if not torch.allclose(out, full, atol=1e-4):
+                fail(
+                    name,
+                    case,
+                    "at full ranks, the original convolution's output",
+                    f"max difference {(out - full).abs().max():.3g}",
+                    "the bias goes on the last 1x1 conv",
+                )
+        h = 11 + 2 * pad - k + 1
+        macs, formula = count_macs(got, (1, c_in, 11, 11)), tucker2_macs(c_in, c_out, k, r_in, r_out, 11, 11, h, h)
+        if macs != formula:
+            fail(
+                name, case, f"{formula:,} MACs (the Tucker-2 formula)", f"{macs:,}", "three convolutions: 1x1, kxk core, 1x1; nothing else"
+            )
+    passed(name, f"{len(cases)} convolutions (padding, no bias, full ranks): equal to the HOSVD block, MACs = formula, original untouched")

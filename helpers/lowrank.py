@@ -77,6 +77,28 @@ def factorize_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
     return nn.Sequential(first, second)
 
 
+def factorize_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+    """A Conv2d as two by the SVD of its kernel reshaped to (C_out, C_in k_h k_w) (the layer shape of Zhang et al. 2016).
+
+    ``K ~= U_r S_r Vt_r``: the first conv (C_in -> rank, the original k x k, stride, padding and dilation,
+    no bias) holds ``sqrt(S_r) Vt_r`` reshaped to (rank, C_in, k_h, k_w); the second, a 1x1 (rank -> C_out),
+    holds ``U_r sqrt(S_r)`` and the bias.
+    """
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+        raise TypeError("conv must be an nn.Conv2d with groups=1")
+    c_out, c_in, kh, kw = conv.weight.shape
+    U, S, Vt = truncated_svd(conv.weight.detach().double().reshape(c_out, -1), rank)
+    root = np.sqrt(S)
+    first = nn.Conv2d(c_in, rank, (kh, kw), stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=False)
+    second = nn.Conv2d(rank, c_out, 1, bias=conv.bias is not None)
+    with torch.no_grad():
+        first.weight.copy_(torch.from_numpy((root[:, None] * Vt).reshape(rank, c_in, kh, kw)))
+        second.weight.copy_(torch.from_numpy((U * root[None, :])[:, :, None, None]))
+        if conv.bias is not None:
+            second.bias.copy_(conv.bias)
+    return nn.Sequential(first, second)
+
+
 def linear_params(m: int, n: int, rank: int | None = None) -> int:
     """Weights of an (m, n) matrix, dense (``rank=None``) or factorised: ``rank * (m + n)``."""
     return m * n if rank is None else rank * (m + n)

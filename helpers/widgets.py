@@ -166,16 +166,17 @@ def draw_low_rank(image: np.ndarray, rank: int) -> Figure:
     approx = low_rank_approx(a, rank)
     error = np.linalg.norm(a - approx) / np.linalg.norm(a)
     stored = rank * (a.shape[0] + a.shape[1])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.4))
-    scale = {"cmap": "gray_r", "vmin": float(a.min()), "vmax": float(a.max())}  # one colour scale for both panels
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
+    scale = {"cmap": "gray_r", "vmin": float(a.min()), "vmax": float(a.max())}  # one colour scale for both panels: the original's range
     left.imshow(a, **scale)
     left.set_title(f"original: {a.size:,} numbers")
-    right.imshow(approx, **scale)
+    image = right.imshow(approx, **scale)
     right.set_title(f"rank {rank}: {stored:,} numbers ({a.size / stored:.1f}x fewer), error {error:.1%}")
     for ax in (left, right):
         ax.set_xlabel("column")
         ax.set_ylabel("row")
-    fig.tight_layout()
+        ax.grid(False)
+    fig.colorbar(image, ax=[left, right], shrink=0.8, label="pixel value (original's range)")  # values outside it are clipped
     return fig
 
 

@@ -777,6 +777,14 @@ WRONG.update(
         ),
         "check_factorize_linear": (LR.factorize_linear, [_factorize_all_s_first, _factorize_transposed]),
         "check_hosvd": (LR.hosvd_tucker2, [_hosvd_wrong_unfolding, _hosvd_smallest]),
+        "check_factorize_conv": (
+            LR.factorize_conv,
+            [lambda conv, r: LR.factorize_linear(torch.nn.Linear(conv.weight[0].numel(), conv.out_channels), r)],
+        ),
+        "check_tucker2_conv": (
+            LR.tucker2_conv,
+            [lambda conv, r_out, r_in: LR.tucker2_conv(conv, r_in, r_in)],
+        ),  # more in tests/test_checks_08.py
         "check_tucker2_macs": (
             _tucker_macs,
             [

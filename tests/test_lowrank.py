@@ -140,3 +140,24 @@ def test_cp_conv_with_ridge_is_stable_under_tiny_kernel_noise() -> None:
     other = L.cp_conv(conv, 6, iterations=60, ridge=0.01)
     x = torch.randn(2, 8, 7, 7)
     assert torch.allclose(block(x), other(x), atol=1e-4)
+
+
+def test_draw_low_rank_uses_the_originals_colour_scale_with_a_colourbar() -> None:
+    import matplotlib.pyplot as plt
+
+    from helpers import widgets
+
+    image = np.random.default_rng(0).random((20, 30))
+    fig = widgets.draw_low_rank(image, 2)
+    left, right, bar = fig.axes
+    assert left.images[0].get_clim() == right.images[0].get_clim() == (image.min(), image.max())
+    assert "pixel value" in bar.get_ylabel()
+    plt.close(fig)
+
+
+def test_factorize_conv_at_full_rank_is_the_convolution() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(L.factorize_conv(conv, 5)(x), conv(x), atol=1e-5)
