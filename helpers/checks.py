@@ -69,6 +69,26 @@ def _as_int(check: str, case: str, value: Any) -> int:
     return value
 
 
+IN_PLACE_HINT = (
+    "work on a copy: no `x /= s`, `w.div_(s)`, `np.abs(w, out=w)`, `q -= zp` or `w[...] = ...` on an argument "
+    "(it may be a model's weight: `layer.weight.detach().numpy()` shares its memory)"
+)
+
+
+def _unchanged(check: str, case: str, before: Any, now: Any, what: str, hint: str = IN_PLACE_HINT) -> None:
+    """Fail when the learner's function changed an argument in place: ``before`` is a copy taken before the call,
+    ``now`` the object that was passed (numpy array or torch tensor)."""
+    __tracebackhide__ = True
+    a = before.detach().cpu().numpy() if isinstance(before, torch.Tensor) else np.asarray(before)
+    b = now.detach().cpu().numpy() if isinstance(now, torch.Tensor) else np.asarray(now)
+    if a.shape == b.shape and np.array_equal(a, b, equal_nan=True):
+        return
+    change = ""
+    if a.shape == b.shape and np.issubdtype(a.dtype, np.number) and np.issubdtype(b.dtype, np.number):
+        change = f" (largest change {np.max(np.abs(b.astype(np.float64) - a.astype(np.float64))):.3g})"
+    fail(check, case, f"{what} left as it was", f"{what} changed in place by your function{change}", hint)
+
+
 # ----------------------------------------------------------------------------- chapter 00
 
 _LINEAR_CASES = [(784, 300, True), (300, 100, True), (100, 10, True), (7, 3, False), (1, 1, True), (1, 1, False), (64, 64, False)]
@@ -452,15 +472,6 @@ def check_sensitivity_scan(fn: Callable[..., dict], model: nn.Module, data: tupl
 
 
 # ----------------------------------------------------------------------------- chapter 02: structured pruning
-
-
-def _unchanged(name: str, case: str, before: Any, after: Any, what: str, hint: str) -> None:
-    """Fail when the learner's function modified its input in place."""
-    __tracebackhide__ = True
-    a = before.detach() if isinstance(before, torch.Tensor) else torch.as_tensor(np.asarray(before))
-    b = after.detach() if isinstance(after, torch.Tensor) else torch.as_tensor(np.asarray(after))
-    if not torch.equal(a, b):
-        fail(name, case, f"{what} unchanged", f"{what}: modified in place", hint)
 
 
 def check_nm_mask(fn: Callable[..., np.ndarray]) -> None:
@@ -881,21 +892,6 @@ def check_lenet5_macs(fn: Callable[[int, int, int], int]) -> None:
 # ----------------------------------------------------------------------------- chapter 03: quantization fundamentals
 
 
-def _q_unchanged(check: str, case: str, **inputs: tuple[np.ndarray, np.ndarray]) -> None:
-    """Fail when the learner's function changed an input array in place (``x /= scale``, ``q -= zp``)."""
-    __tracebackhide__ = True
-    for arg, (passed_in, saved) in inputs.items():
-        if not np.array_equal(np.asarray(passed_in), saved, equal_nan=True):
-            fail(
-                check,
-                case,
-                f"`{arg}` left as it was",
-                f"`{arg}` changed in place (first values now {np.asarray(passed_in).ravel()[:3].tolist()})",
-                f"do not modify `{arg}`: write `{arg} / scale`, not `{arg} /= scale` "
-                "(in-place operators, out=, .copy_ change the caller's array)",
-            )
-
-
 def _q_int_array(check: str, case: str, got: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
     """The learner's result as an integer numpy array of ``shape``, or a failure that says why not."""
     __tracebackhide__ = True
@@ -1038,7 +1034,7 @@ def check_quantize(quantize_fn: Callable[..., np.ndarray], dequantize_fn: Callab
         near_tie = (np.abs(ratio - np.floor(ratio) - 0.5) < 1e-5) if x.dtype == np.float32 else np.zeros(x.shape, dtype=bool)
         saved = x.copy()
         got = _q_int_array(name, case, _call(name, case, quantize_fn, x, scale, zp, bits, signed), x.shape, "integer codes")
-        _q_unchanged(name, case, x=(x, saved))
+        _unchanged(name, case, saved, x, "`x`")
         wrong = (got != expected) & ~near_tie  # float32 input: a value within float32 error of a .5 tie may go either way
         if wrong.any():
             bad = np.flatnonzero(wrong.ravel())[:3]
@@ -1049,7 +1045,7 @@ def check_quantize(quantize_fn: Callable[..., np.ndarray], dequantize_fn: Callab
             fail(name, f"{case}, at x = {saved.ravel()[bad].tolist()}", expected.ravel()[bad].tolist(), got.ravel()[bad].tolist(), hint)
         codes = expected.copy()
         back = _call(name, f"dequantize on {case}", dequantize_fn, codes, scale, zp)
-        _q_unchanged(name, f"dequantize on {case}", q=(codes, expected))
+        _unchanged(name, f"dequantize on {case}", expected, codes, "`q`")
         back = np.asarray(back.detach().cpu().numpy() if isinstance(back, torch.Tensor) else back)
         reference = (expected - zp) * scale
         if back.shape != x.shape or back.dtype.kind != "f":
@@ -1091,7 +1087,7 @@ def check_per_channel_qparams(fn: Callable[..., tuple[np.ndarray, np.ndarray]]) 
         expected_s, expected_z = qparams_per_channel(w, axis=axis, bits=bits, symmetric=True, signed=True)
         saved = w.copy()
         got = _call(name, case, fn, w, axis, bits)
-        _q_unchanged(name, case, w=(w, saved))
+        _unchanged(name, case, saved, w, "`w`")
         try:
             scales, zps = (np.asarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v) for v in got)
         except (TypeError, ValueError):
@@ -1144,7 +1140,7 @@ def check_mse_range(fn: Callable[..., tuple[float, float]]) -> None:
         minmax = quantization_mse(x, *minmax_range(x), bits)
         saved = x.copy()
         got = _call(name, case, fn, x, bits)
-        _q_unchanged(name, case, x=(x, saved))
+        _unchanged(name, case, saved, x, "`x`")
         try:
             lo, hi = (float(v) for v in got)
         except (TypeError, ValueError):
@@ -1228,7 +1224,7 @@ def check_requantize(fn: Callable[..., np.ndarray]) -> None:
         case = f"M = {multiplier}, zero_point = {zp}, bits = {bits}"
         saved = acc.copy()
         got = _q_int_array(name, case, _call(name, case, fn, acc, m0, shift, zp, bits), acc.shape, "requantized integers")
-        _q_unchanged(name, case, acc=(acc, saved))
+        _unchanged(name, case, saved, acc, "`acc`")
         qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         hint = (
             "round to NEAREST, not down: add half of the divisor, 1 << (31 + shift - 1), to acc * m0 (int64) before >> (31 + shift); "
@@ -1267,7 +1263,8 @@ def check_quantized_linear(fn: Callable[..., np.ndarray]) -> None:
         inputs = {"q_x": q_x, "q_w": q_w, "bias_q": bias_q}
         saved = {key: value.copy() for key, value in inputs.items()}
         got = _call(name, case, fn, q_x, zx, q_w, bias_q, m0, shift, zy)
-        _q_unchanged(name, case, **{key: (inputs[key], saved[key]) for key in inputs})
+        for key in inputs:
+            _unchanged(name, case, saved[key], inputs[key], f"`{key}`")
         got = _q_int_array(name, case, got, (n, m_out), "uint8 outputs")
         acc = (saved["q_x"].astype(np.int64) - zx) @ saved["q_w"].astype(np.int64).T + bias_q
         hint = (
@@ -1280,22 +1277,6 @@ def check_quantized_linear(fn: Callable[..., np.ndarray]) -> None:
 
 
 # ----------------------------------------------------------------------------- chapter 04: post-training quantization
-
-
-def _unchanged(check: str, case: str, originals: list[tuple[str, Any, Any]]) -> None:
-    """Fail if the learner's function changed an argument in place: (argument name, passed object, untouched copy)."""
-    __tracebackhide__ = True
-    for arg, passed_obj, copy in originals:
-        a = passed_obj.detach().cpu().numpy() if isinstance(passed_obj, torch.Tensor) else np.asarray(passed_obj)
-        b = copy.detach().cpu().numpy() if isinstance(copy, torch.Tensor) else np.asarray(copy)
-        if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
-            fail(
-                check,
-                case,
-                f"`{arg}` left as it was",
-                f"`{arg}` changed by your function",
-                "do not modify the input in place (x /= s, w.div_(s), np.abs(w, out=w), q_x -= zp): compute into a new array",
-            )
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -1323,7 +1304,7 @@ def check_observer(observer_class: type) -> None:
         for batch in batches:
             before = batch.clone() if isinstance(batch, torch.Tensor) else batch.copy()
             _call(name, case, observer.update, batch)
-            _unchanged(name, case, [("x", batch, before)])
+            _unchanged(name, case, before, batch, "`x`")
         values = np.concatenate([_to_numpy(b).astype(np.float64).ravel() for b in batches])
         expected = qparams(values.min(), values.max(), 8, symmetric=False, signed=False)
         got = _call(name, case, observer.qparams)
@@ -1367,7 +1348,7 @@ def check_fake_quant_weight(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> 
         before = w.detach().clone()
         with torch.no_grad() if isinstance(w, nn.Parameter) else _nullcontext():
             got = _call(name, case, fn, w, bits)
-        _unchanged(name, case, [("w", w, before)])
+        _unchanged(name, case, before, w, "`w`")
         if not isinstance(got, torch.Tensor):
             fail(
                 name,
@@ -1441,7 +1422,9 @@ def check_activation_ranges(fn: Callable[..., dict], model: nn.Module, x: torch.
             f"{len(leftover)} modules still hooked",
             "keep the handles and call .remove()",
         )
-    _unchanged(name, case, [("x", x, x_before)] + [(f"model.{k}", model.state_dict()[k], v) for k, v in params_before.items()])
+    _unchanged(name, case, x_before, x, "`x`")
+    for k, v in params_before.items():
+        _unchanged(name, case, v, model.state_dict()[k], f"`model.{k}`")
     with torch.no_grad():
         if not torch.equal(model(x), reference_out):
             fail(
@@ -1493,7 +1476,8 @@ def check_bias_quantization(fn: Callable[..., np.ndarray]) -> None:
         expected = np.round(bias / (s_x * s_w)).astype(np.int32)
         b_in, w_in = bias.copy(), s_w.copy()
         got = _call(name, case, fn, b_in, s_x, w_in)
-        _unchanged(name, case, [("bias", b_in, bias), ("weight_scales", w_in, s_w)])
+        _unchanged(name, case, bias, b_in, "`bias`")
+        _unchanged(name, case, s_w, w_in, "`weight_scales`")
         got = _to_numpy(got)
         if got.dtype != np.int32:
             fail(name, case, "dtype int32", f"dtype {got.dtype}", "the accumulator is int32: return .astype(np.int32) after rounding")
@@ -1524,7 +1508,8 @@ def check_int_conv2d(fn: Callable[..., np.ndarray]) -> None:
         case = f"uint8 x {q_x.shape} with zero point {zp}, int8 w {q_w.shape}"
         x_in, w_in = q_x.copy(), q_w.copy()
         got = _call(name, case, fn, x_in, zp, w_in)
-        _unchanged(name, case, [("q_x", x_in, q_x), ("q_w", w_in, q_w)])
+        _unchanged(name, case, q_x, x_in, "`q_x`")
+        _unchanged(name, case, q_w, w_in, "`q_w`")
         got = _to_numpy(got)
         if got.shape != expected.shape:
             fail(name, case, f"shape {expected.shape}", f"shape {got.shape}", "(N, C, H, W) * (F, C, k, k) -> (N, F, H-k+1, W-k+1)")
@@ -1569,7 +1554,7 @@ def check_groupwise(fn: Callable[..., tuple[np.ndarray, np.ndarray]]) -> None:
         case = f"w {shape}, {bits} bits, groups of {group}" + ("" if shape[1] % group == 0 else f" (a last group of {shape[1] % group})")
         w_in = w.copy()
         got = _call(name, case, fn, w_in, bits, group)
-        _unchanged(name, case, [("w", w_in, w)])
+        _unchanged(name, case, w, w_in, "`w`")
         if not isinstance(got, (tuple, list)) or len(got) != 2:
             fail(name, case, "a pair (codes, scales)", type(got).__name__, "return codes, scales")
         g_codes, g_scales = (_to_numpy(v) for v in got)
@@ -1816,21 +1801,6 @@ def _lr_array(check: str, case: str, value: Any, what: str) -> np.ndarray:
     return value
 
 
-def _lr_unchanged(check: str, case: str, before: np.ndarray, after: Any, what: str) -> None:
-    """Fail if the learner's function changed its input array in place."""
-    __tracebackhide__ = True
-    now = after.detach().cpu().numpy() if isinstance(after, torch.Tensor) else np.asarray(after)
-    if now.shape != before.shape or not np.array_equal(now, before):
-        fail(
-            check,
-            case,
-            f"{what} unchanged after your call",
-            f"{what} modified in place"
-            + (f" (max change {np.max(np.abs(now.astype(np.float64) - before)):.3g})" if now.shape == before.shape else ""),
-            "work on a copy: no `x /= ...`, `x **= 2`, `x -= ...`, `out=x` or `.mul_()` on the argument (it may be a model's weight)",
-        )
-
-
 def check_truncated_svd(fn: Callable[[np.ndarray, int], tuple]) -> None:
     """``fn(W, rank)`` -> (U_r (m, r), S_r (r,), Vt_r (r, n)): the leading singular triplets, S_r decreasing.
 
@@ -1853,7 +1823,7 @@ def check_truncated_svd(fn: Callable[[np.ndarray, int], tuple]) -> None:
         W_before = W.copy()
         case = f"W {shape} {np.dtype(dtype).name}, rank {rank}"
         got = _call(name, case, fn, W, rank)
-        _lr_unchanged(name, case, W_before, W, "W")
+        _unchanged(name, case, W_before, W, "W")
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             fail(name, case, "a tuple (U_r, S_r, Vt_r)", f"{type(got).__name__}", "return U[:, :rank], S[:rank], Vt[:rank]")
         U, S, Vt = (_lr_array(name, case, v, part) for v, part in zip(got, ("U_r", "S_r", "Vt_r")))
@@ -1927,7 +1897,7 @@ def check_low_rank_error(fn: Callable[[np.ndarray, int], float]) -> None:
         S_before = S.copy()
         case = f"{n} singular values ({np.dtype(dtype).name}), rank {rank}"
         raw = _call(name, case, fn, S, rank)
-        _lr_unchanged(name, case, S_before, S, "singular_values")
+        _unchanged(name, case, S_before, S, "singular_values")
         try:
             got = float(raw)
         except (TypeError, ValueError):
@@ -1967,7 +1937,7 @@ def check_rank_for_energy(fn: Callable[[np.ndarray, float], int]) -> None:
         expected = rank_for_energy(s, energy)
         s_before = s.copy()
         got = _as_int(name, case, _call(name, case, fn, s, energy))
-        _lr_unchanged(name, case, s_before, s, "singular_values")
+        _unchanged(name, case, s_before, s, "singular_values")
         if got != expected:
             fail(
                 name,
@@ -2032,7 +2002,7 @@ def check_factorize_linear(fn: Callable[[nn.Linear, int], nn.Module]) -> None:
         case = f"Linear({fan_in}, {fan_out}, bias={bias}), rank {rank}"
         got = _call(name, case, fn, layer, rank)
         for k, v in layer.state_dict().items():
-            _lr_unchanged(name, case, state[k].numpy(), v, f"layer.{k}")
+            _unchanged(name, case, state[k].numpy(), v, f"layer.{k}")
         _lr_module_checks(name, case, got, (nn.Linear, nn.Linear), layer, (rank,))
         first, second = got
         if tuple(first.weight.shape) != (rank, fan_in) or tuple(second.weight.shape) != (fan_out, rank):
@@ -2104,7 +2074,7 @@ def check_factorize_conv(fn: Callable[[nn.Conv2d, int], nn.Module]) -> None:
         case = f"Conv2d({c_in}, {c_out}, kernel_size={k}, stride={stride}, padding={pad}, bias={bias}), rank {rank}"
         got = _call(name, case, fn, conv, rank)
         for key, v in conv.state_dict().items():
-            _lr_unchanged(name, case, state[key].numpy(), v, f"conv.{key}")
+            _unchanged(name, case, state[key].numpy(), v, f"conv.{key}")
         _lr_module_checks(name, case, got, (nn.Conv2d, nn.Conv2d), conv, (rank,))
         first, second = got
         ref_first, ref_second = factorize_conv(conv, rank)
@@ -2185,7 +2155,7 @@ def check_hosvd(fn: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]) ->
         case = f"K {shape} {np.dtype(dtype).name}, ranks (rank_out={r_out}, rank_in={r_in})"
         ref_core, ref_out, ref_in = hosvd_tucker2(K_before, r_out, r_in)
         got = _call(name, case, fn, K, r_out, r_in)
-        _lr_unchanged(name, case, K_before, K, "K")
+        _unchanged(name, case, K_before, K, "K")
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             fail(name, case, "a tuple (core, U_out, U_in)", type(got).__name__, "return core, U_out, U_in")
         core, U_out, U_in = (_lr_array(name, case, v, part).astype(np.float64) for v, part in zip(got, ("core", "U_out", "U_in")))
@@ -2274,7 +2244,7 @@ def check_tucker2_conv(fn: Callable[[nn.Conv2d, int, int], nn.Module]) -> None:
         case = f"Conv2d({c_in}, {c_out}, {k}, padding={pad}, bias={bias}), rank_out={r_out}, rank_in={r_in}"
         got = _call(name, case, fn, conv, r_out, r_in)
         for key, v in conv.state_dict().items():
-            _lr_unchanged(name, case, state[key].numpy(), v, f"conv.{key}")
+            _unchanged(name, case, state[key].numpy(), v, f"conv.{key}")
         _lr_module_checks(name, case, got, (nn.Conv2d, nn.Conv2d, nn.Conv2d), conv, (r_out, r_in))
         reference = tucker2_conv(conv, r_out, r_in)
         for index, (mine, ref) in enumerate(zip(got, reference)):
