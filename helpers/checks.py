@@ -1606,78 +1606,168 @@ def check_groupwise(fn: Callable[..., tuple[np.ndarray, np.ndarray]]) -> None:
 
 def _logit_cases() -> list[tuple[str, np.ndarray, np.ndarray, float]]:
     rng = np.random.default_rng(18)
+    far = np.stack([rng.standard_normal(6) * 3 + 1000, rng.standard_normal(6) * 3 - 1000])  # rows 2000 apart: a per-row max is needed
     return [
         ("random logits, T = 1", rng.standard_normal((4, 10)) * 3, rng.standard_normal((4, 10)) * 3, 1.0),
         ("random logits, T = 4", rng.standard_normal((6, 10)) * 5, rng.standard_normal((6, 10)) * 5, 4.0),
         ("large logits (near 1000), T = 1", rng.standard_normal((3, 5)) * 3 + 1000, rng.standard_normal((3, 5)) * 3 + 1000, 1.0),
+        ("rows near +1000 and -1000, T = 2", far, far[::-1].copy() + rng.standard_normal((2, 6)), 2.0),
         ("batch of one, T = 10", rng.standard_normal((1, 7)), rng.standard_normal((1, 7)), 10.0),
+        ("10 x 10 logits, T = 3 (a wrong axis keeps the shape)", rng.standard_normal((10, 10)) * 4, rng.standard_normal((10, 10)) * 4, 3.0),
     ]
 
 
+def _numpy_result(check: str, case: str, value: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
+    """The learner's array as float64 and whether it was computed in float32 (then float32 tolerances apply)."""
+    __tracebackhide__ = True
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+        fail(
+            check,
+            case,
+            f"a float numpy array of shape {shape}",
+            f"{type(value).__name__} {getattr(value, 'dtype', '')}",
+            "return a numpy array",
+        )
+    if value.shape != shape:
+        fail(
+            check,
+            case,
+            f"shape {shape}",
+            f"shape {value.shape}",
+            "keep the (batch, classes) shape: reduce with keepdims=True along the last axis",
+        )
+    return value.astype(np.float64), value.dtype.itemsize < 8
+
+
+def _input_unchanged(check: str, case: str, before: np.ndarray, after: np.ndarray, argument: str) -> None:
+    __tracebackhide__ = True
+    if not np.array_equal(before, after):
+        fail(
+            check,
+            case,
+            f"{argument} left unchanged",
+            f"{argument} was modified in place",
+            "do not write into the input (z /= T, z -= max, np.exp(z, out=z)): write z = z / T, which makes a new array",
+        )
+
+
 def check_softmax_t(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
-    """``fn(logits, T)`` -> softmax(logits / T) over the last axis, finite for large logits."""
+    """``fn(logits, T)`` -> softmax(logits / T) over the last axis, finite for large logits; the input is not modified.
+
+    A float32 computation is accepted at float32 tolerance (1e-5 absolute, 1e-4 relative; float32 inputs near 1000 keep about 4 digits)."""
     from .distillation import softmax_t
 
     name = "check_softmax_t"
     for case, s, _, T in _logit_cases():
         expected = softmax_t(s, T)
+        argument = s.copy()
         with np.errstate(all="ignore"):
-            got = np.asarray(_call(name, case, fn, s.copy(), T), dtype=np.float64)
-        if got.shape != expected.shape or not np.all(np.isfinite(got)):
+            raw = _call(name, case, fn, argument, T)
+        _input_unchanged(name, case, s, argument, "logits")
+        got, single = _numpy_result(name, case, raw, expected.shape)
+        if not np.all(np.isfinite(got)):
+            fail(name, case, "finite probabilities", "inf or NaN", "subtract each row's own maximum before exp (it cancels in the ratio)")
+        if not np.allclose(got, expected, rtol=1e-4 if single else 1e-9, atol=1e-5 if single else 1e-12):
+            row = int(np.argmax(np.abs(got - expected).max(axis=-1)))
             fail(
                 name,
                 case,
-                f"finite probabilities of shape {expected.shape}",
-                f"shape {got.shape}, finite: {bool(np.all(np.isfinite(got)))}",
-                "subtract the row maximum before exp (it cancels in the ratio)",
+                f"row {row}: {np.round(expected[row, :4], 5).tolist()}",
+                f"row {row}: {np.round(got[row, :4], 5).tolist()}",
+                "divide the logits by T, subtract each row's maximum, then softmax along the last axis (each row sums to 1)",
             )
-        if not np.allclose(got, expected, atol=1e-9):
-            fail(
-                name,
-                case,
-                np.round(expected[0, :4], 5).tolist(),
-                np.round(got[0, :4], 5).tolist(),
-                "divide the logits by T, then softmax along the last axis (each row sums to 1)",
-            )
-    passed(name, "4 cases incl. logits near 1000 and a batch of one")
+    passed(name, f"{len(_logit_cases())} cases incl. logits near +-1000 and a batch of one; the input left unchanged")
+
+
+def _float_result(check: str, case: str, value: Any) -> float:
+    __tracebackhide__ = True
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (float, int, np.floating)):
+        fail(check, case, "a float", f"{value!r} ({type(value).__name__})", "return one number, the batch mean, e.g. with float(...)")
+    return float(value)
 
 
 def check_kd_loss(fn: Callable[[np.ndarray, np.ndarray, float], float]) -> None:
-    """``fn(student, teacher, T)`` -> T**2 * mean over the batch of KL(softmax(teacher/T) || softmax(student/T))."""
-    from .distillation import kd_loss
+    """``fn(student, teacher, T)`` -> T**2 * mean over the batch of KL(softmax(teacher/T) || softmax(student/T)).
+
+    Accepted within a relative 3e-4 (a float32 computation passes); inputs must not be modified."""
+    from .distillation import kd_loss, log_softmax_t
 
     name = "check_kd_loss"
     for case, s, t, T in _logit_cases():
         expected = kd_loss(s, t, T)
-        got = float(_call(name, case, fn, s.copy(), t.copy(), T))
-        if not np.isclose(got, expected, rtol=1e-6, atol=1e-9):
+        s_arg, t_arg = s.copy(), t.copy()
+        with np.errstate(all="ignore"):
+            got = _float_result(name, case, _call(name, case, fn, s_arg, t_arg, T))
+        _input_unchanged(name, case, s, s_arg, "student_logits")
+        _input_unchanged(name, case, t, t_arg, "teacher_logits")
+        if not np.isclose(got, expected, rtol=3e-4, atol=1e-7):
             ratio = got / expected if expected else float("nan")
             hint = "T**2 * sum_i p_i (log p_i - log q_i), p = teacher, q = student, both at temperature T; mean over the batch"
-            if np.isclose(ratio, 1 / T**2, rtol=1e-3) and T != 1:
+            swapped = kd_loss(t, s, T)
+            if not np.isfinite(got):
+                hint = "compute log-probabilities stably (log-sum-exp after subtracting each row's max), not np.log(softmax)"
+            elif T != 1 and np.isclose(ratio, 1 / T**2, rtol=1e-3):
                 hint = "the T**2 factor is missing"
-            elif np.isclose(ratio, len(s), rtol=1e-3) and len(s) > 1:
+            elif np.isclose(got, swapped, rtol=1e-4):
+                hint = "the KL is the wrong way round: KL(teacher || student) = sum p_teacher (log p_teacher - log q_student)"
+            elif len(s) > 1 and np.isclose(ratio, len(s), rtol=1e-3):
                 hint = "average over the batch, do not sum"
+            elif np.isclose(ratio, 1 / s.shape[1], rtol=1e-3):
+                hint = "sum over the classes and average over the batch only ('batchmean'), not over all elements"
+            elif np.isclose(
+                got, T * T * (np.exp(log_softmax_t(t, T)) * (log_softmax_t(t, T) - log_softmax_t(s, 1.0))).sum(-1).mean(), rtol=1e-4
+            ):
+                hint = "soften the student's logits by T too"
             fail(name, case, f"{expected:.8g}", f"{got:.8g}", hint)
-    passed(name, "4 cases match T^2 KL(teacher || student), batch mean, stable for large logits")
+    passed(name, f"{len(_logit_cases())} cases match T^2 KL(teacher || student), batch mean, stable for logits near +-1000")
 
 
 def check_kd_grad(fn: Callable[[np.ndarray, np.ndarray, float], np.ndarray]) -> None:
-    """``fn(student, teacher, T)`` -> dL_KD / d(student logits), shape (batch, classes)."""
+    """``fn(student, teacher, T)`` -> dL_KD / d(student logits), shape (batch, classes).
+
+    Accepted within 3e-4 of the largest entry (a float32 computation passes); inputs must not be modified."""
     from .distillation import kd_grad
 
     name = "check_kd_grad"
     for case, s, t, T in _logit_cases():
         expected = kd_grad(s, t, T)
-        got = np.asarray(_call(name, case, fn, s.copy(), t.copy(), T), dtype=np.float64)
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-6, atol=1e-12):
+        s_arg, t_arg = s.copy(), t.copy()
+        with np.errstate(all="ignore"):
+            raw = _call(name, case, fn, s_arg, t_arg, T)
+        _input_unchanged(name, case, s, s_arg, "student_logits")
+        _input_unchanged(name, case, t, t_arg, "teacher_logits")
+        got, _ = _numpy_result(name, case, raw, expected.shape)
+        scale = np.abs(expected).max()
+        if not np.all(np.isfinite(got)) or np.abs(got - expected).max() > 3e-4 * scale + 1e-12:
+            hint = "T * (q - p) / batch: student minus teacher probabilities, both at temperature T"
+            if np.all(np.isfinite(got)) and np.abs(got).max() > 0:
+                ratio = float(np.sum(got * expected) / np.sum(expected * expected))
+                for factor, why in (
+                    (1 / T, "multiply by T (the T**2 of the loss times the 1/T of the softmax)"),
+                    (T, "the factor is T, not T**2"),
+                    (-1.0, "the sign: the gradient is q - p (student minus teacher)"),
+                    (len(s), "divide by the batch size (the loss is a batch mean)"),
+                ):
+                    if factor != 1 and np.allclose(got, factor * expected, rtol=1e-4, atol=1e-12):
+                        hint = why
+                        break
+                else:
+                    hint += f" (your result is not a multiple of it; best fit {ratio:.3g} x expected)"
+            row = int(np.argmax(np.abs(got - expected).max(axis=-1))) if np.all(np.isfinite(got)) else 0
             fail(
                 name,
                 case,
-                np.round(expected[0, :4], 6).tolist(),
-                np.round(got.ravel()[:4], 6).tolist(),
-                "T * (q - p) / batch: student minus teacher probabilities at temperature T",
+                f"row {row}: {np.round(expected[row, :4], 6).tolist()}",
+                f"row {row}: {np.round(got[row, :4], 6).tolist()}",
+                hint,
             )
-    passed(name, "4 cases equal T (q - p) / B")
+    passed(name, f"{len(_logit_cases())} cases equal T (q - p) / B; inputs left unchanged")
 
 
 def check_distillation_step(fn: Callable[..., float]) -> None:
@@ -1689,40 +1779,49 @@ def check_distillation_step(fn: Callable[..., float]) -> None:
     torch.manual_seed(19)
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     teacher_logits = torch.randn(16, 10) * 3
-    for T, alpha in ((4.0, 0.9), (2.0, 0.3), (1.0, 1.0)):
-        case = f"T = {T}, alpha = {alpha}, two steps in a row"
+    for T, alpha in ((4.0, 0.9), (2.0, 0.3), (1.0, 1.0), (3.0, 0.0)):
+        case = f"T = {T}, alpha = {alpha}, two steps in a row (SGD with momentum)"
         ours, theirs = MLP(hidden=(12,)), MLP(hidden=(12,))
         theirs.load_state_dict(ours.state_dict())
-        opt_ours = torch.optim.SGD(ours.parameters(), lr=0.1)
-        opt_theirs = torch.optim.SGD(theirs.parameters(), lr=0.1)
+        opt_ours = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9)
+        opt_theirs = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9)
         for step in range(2):
             expected = distillation_loss(ours(x), teacher_logits, y, T, alpha)
             opt_ours.zero_grad()
             expected.backward()
             opt_ours.step()
-            got = _call(name, case, fn, theirs, opt_theirs, x, y, teacher_logits, T, alpha)
-            if not np.isclose(float(got), expected.item(), rtol=1e-5):
+            t_arg = teacher_logits.clone()
+            got = _float_result(name, f"{case}, step {step + 1}", _call(name, case, fn, theirs, opt_theirs, x, y, t_arg, T, alpha))
+            if not torch.equal(t_arg, teacher_logits):
                 fail(
                     name,
-                    f"{case}, step {step + 1}",
-                    f"loss {expected.item():.6f}",
-                    float(got),
-                    "alpha * kd_loss + (1 - alpha) * cross_entropy, on the student's logits for x",
+                    case,
+                    "teacher_logits left unchanged",
+                    "modified in place",
+                    "write t = teacher_logits / T, not teacher_logits /= T",
                 )
+            if not np.isclose(got, expected.item(), rtol=1e-5):
+                hint = "alpha * kd_loss + (1 - alpha) * cross_entropy on the student's logits for x, computed before the step"
+                if np.isclose(got, distillation_loss(ours(x), teacher_logits, y, T, 1 - alpha).item(), rtol=1e-5) and alpha != 0.5:
+                    hint = "alpha weights the soft targets (KD), 1 - alpha the labels (cross-entropy)"
+                fail(name, f"{case}, step {step + 1}", f"loss {expected.item():.6f}", f"{got:.6f}", hint)
             for p, q in zip(ours.parameters(), theirs.parameters()):
                 if not torch.allclose(p, q, atol=1e-6):
                     fail(
                         name,
                         f"{case}, step {step + 1}",
-                        "the same parameters as one SGD step",
+                        "the same parameters as one SGD step on that loss",
                         "different parameters",
-                        "zero the gradients, backward, optimizer.step(); do not let the teacher's logits receive gradients",
+                        "optimizer.zero_grad(), loss.backward(), optimizer.step() once; the whole loss must reach the student "
+                        "(no .detach() on its logits)",
                     )
-    passed(name, "3 settings x 2 consecutive steps: same loss and same parameters as the reference")
+    passed(name, "4 settings x 2 consecutive steps: same loss and same parameters as the reference")
 
 
 def check_hint_loss(fn: Callable[..., torch.Tensor]) -> None:
-    """``fn(student_features, teacher_features, regressor)`` -> mean squared error of regressor(student) vs teacher."""
+    """``fn(student_features, teacher_features, regressor)`` -> mean squared error of regressor(student) vs teacher.
+
+    A float64 result is accepted; gradients must reach the student's features and the regressor, not the teacher's."""
     from .distillation import HintRegressor, hint_loss
 
     name = "check_hint_loss"
@@ -1733,11 +1832,29 @@ def check_hint_loss(fn: Callable[..., torch.Tensor]) -> None:
         regressor = HintRegressor(cs, ct)
         case = f"student {cs} channels, teacher {ct}, {hw}x{hw}"
         expected = hint_loss(fs, ft, regressor)
+        expected_grad = torch.autograd.grad(expected, fs)[0]
+        fs_before, ft_before = fs.detach().clone(), ft.detach().clone()
         got = _call(name, case, fn, fs, ft, regressor)
         if not isinstance(got, torch.Tensor) or got.dim() != 0:
-            fail(name, case, "a scalar tensor", repr(type(got)), "return a differentiable scalar")
-        if not torch.isclose(got, expected, rtol=1e-5):
+            fail(
+                name,
+                case,
+                "a scalar tensor",
+                f"{type(got).__name__} {tuple(getattr(got, 'shape', ()))}",
+                "return a differentiable 0-dim tensor (.mean())",
+            )
+        if not (torch.equal(fs.detach(), fs_before) and torch.equal(ft.detach(), ft_before)):
+            fail(name, case, "the feature tensors left unchanged", "modified in place", "no in-place operations (sub_, pow_) on the inputs")
+        if not torch.isclose(got.detach().double(), expected.detach().double(), rtol=1e-5):
             fail(name, case, f"{expected.item():.6f}", f"{got.item():.6f}", "mean over all elements of (regressor(student) - teacher)**2")
+        if not got.requires_grad:
+            fail(
+                name,
+                case,
+                "a loss that gradients flow through",
+                "a tensor without grad",
+                "do not wrap the loss in torch.no_grad() or detach it",
+            )
         got.backward()
         if ft.grad is not None and ft.grad.abs().sum() > 0:
             fail(
@@ -1747,31 +1864,62 @@ def check_hint_loss(fn: Callable[..., torch.Tensor]) -> None:
                 "a gradient reached them",
                 "use teacher_features.detach(): the teacher is fixed",
             )
-        if regressor.proj.weight.grad is None or fs.grad is None:
+        if (
+            regressor.proj.weight.grad is None
+            or fs.grad is None
+            or not torch.allclose(fs.grad.double(), expected_grad.double(), rtol=1e-4, atol=1e-8)
+        ):
             fail(
                 name,
                 case,
-                "gradients for the regressor and the student",
-                "none",
-                "apply the regressor to the student's features inside the loss",
+                "gradients for the regressor and the student's features",
+                "none or different",
+                "apply the regressor to the student's features inside the loss; do not detach the student's features",
             )
     passed(name, "2 layer pairs: MSE through the regressor, teacher detached, gradients reach student and regressor")
 
 
 def check_attention_map(fn: Callable[..., torch.Tensor]) -> None:
-    """``fn(features, p)`` -> (N, H*W) maps sum_c |F_c|**p, L2-normalised per example."""
+    """``fn(features, p)`` -> (N, H*W) maps sum_c |F_c|**p, L2-normalised per example (an all-zero map stays zero).
+
+    A torch tensor is required (the map is used inside a loss, so gradients must flow); float64 is accepted."""
     from .distillation import attention_map
 
     name = "check_attention_map"
     torch.manual_seed(21)
-    for shape, p in (((2, 8, 6, 6), 2), ((3, 4, 5, 7), 1), ((1, 50, 8, 8), 2), ((4, 3, 4, 4), 4)):
+    for shape, p in (((2, 8, 6, 6), 2), ((3, 4, 5, 7), 1), ((1, 50, 8, 8), 2), ((4, 3, 4, 4), 4), ((3, 5, 4, 4), 2)):
         features = torch.randn(*shape) * torch.rand(shape[0], 1, 1, 1) * 5
-        case = f"features {shape}, p = {p}"
+        zero_row = shape == (3, 5, 4, 4)
+        if zero_row:
+            features[1] = 0.0  # a dead feature map (all ReLUs off): its attention map is zero, not 0/0
+        case = f"features {shape}, p = {p}" + (" (example 1 all zeros)" if zero_row else "")
+        features.requires_grad_(True)
         expected = attention_map(features, p)
-        got = torch.as_tensor(_call(name, case, fn, features.clone(), p))
+        weights = torch.randn(expected.shape)
+        expected_grad = torch.autograd.grad((expected * weights).sum(), features)[0]
+        argument = features.detach().clone().requires_grad_(True)
+        got = _call(name, case, fn, argument, p)
+        if not isinstance(got, torch.Tensor):
+            fail(
+                name,
+                case,
+                "a torch tensor",
+                type(got).__name__,
+                "stay in torch (no .numpy()): the map is used in a loss and needs gradients",
+            )
+        if not torch.equal(argument.detach(), features.detach()):
+            fail(name, case, "features left unchanged", "modified in place", "use features.abs(), not features.abs_() or pow_")
         if tuple(got.shape) != tuple(expected.shape):
             fail(name, case, f"shape {tuple(expected.shape)}", f"shape {tuple(got.shape)}", "sum over channels (dim 1), then flatten H x W")
-        if not torch.allclose(got, expected, atol=1e-6):
+        if not torch.all(torch.isfinite(got)):
+            fail(
+                name,
+                case,
+                "finite maps (zeros for an all-zero example)",
+                "NaN or inf",
+                "guard the norm: divide by norm.clamp_min(1e-12) (or F.normalize)",
+            )
+        if not torch.allclose(got.detach().double(), expected.detach().double(), atol=1e-6):
             fail(
                 name,
                 case,
@@ -1779,7 +1927,34 @@ def check_attention_map(fn: Callable[..., torch.Tensor]) -> None:
                 got[0, :4].tolist(),
                 "|F|**p summed over channels, then divide each example's map by its L2 norm (dim 1 after flattening)",
             )
-    passed(name, "4 feature maps: channel sum of |F|^p, flattened, unit L2 norm per example")
+        if not got.requires_grad:
+            fail(
+                name,
+                case,
+                "a map that gradients flow through",
+                "a tensor without grad",
+                "do not detach the features or use torch.no_grad()",
+            )
+        grad = torch.autograd.grad((got * weights.to(got.dtype)).sum(), argument, allow_unused=True)[0]
+        if grad is not None and not torch.all(torch.isfinite(grad)):
+            fail(
+                name,
+                case,
+                "finite gradients (zero for an all-zero example)",
+                "NaN or inf in the gradient",
+                "the gradient of sqrt at 0 is infinite: take the norm with .norm(dim=1) or F.normalize, whose gradient at 0 is 0",
+            )
+        if grad is None or not torch.allclose(grad.double(), expected_grad.double(), rtol=1e-4, atol=1e-6):
+            fail(
+                name,
+                case,
+                "the gradient of the reference map",
+                "none or different",
+                "build the map from features with differentiable torch ops",
+            )
+    passed(
+        name, "5 feature maps incl. an all-zero example: channel sum of |F|^p, flattened, unit L2 norm, gradients intact, input unchanged"
+    )
 
 
 # ----------------------------------------------------------------------------- chapter 08: low-rank factorization
