@@ -284,6 +284,7 @@ def check_measure_latency(fn: Callable[..., tuple[float, float]]) -> None:
 
 def _mask_cases() -> list[tuple[str, np.ndarray, float]]:
     rng = np.random.default_rng(1)
+    many_ties = rng.integers(-3, 4, size=(40, 50)).astype(np.float64)  # 2,000 entries, 7 values: ties everywhere
     return [
         ("random 6x7 at 0.5", rng.standard_normal((6, 7)), 0.5),
         ("random 30x20 at 0.9", rng.standard_normal((30, 20)), 0.9),
@@ -295,39 +296,83 @@ def _mask_cases() -> list[tuple[str, np.ndarray, float]]:
         ("sparsity 1 prunes all", rng.standard_normal(10), 1.0),
         ("size 5 at 0.5: round(2.5) = 2", np.array([5.0, 4, 3, 2, 1]), 0.5),
         ("3-d tensor 2x3x4 at 0.3", rng.standard_normal((2, 3, 4)), 0.3),
+        ("40x50 integers in [-3, 3] at 0.37 (hundreds of exact ties)", many_ties, 0.37),
+        ("float32 40x50 integers in [-3, 3] at 0.63", many_ties.astype(np.float32), 0.63),
     ]
 
 
+_UNSTABLE_HINT = (
+    "among equal |w| prune the lower flat index first: np.argsort(..., kind='stable'); the default np.argsort, "
+    "np.argpartition, torch.sort and torch.topk may order ties differently on large inputs"
+)
+
+
+def _as_mask(check: str, case: str, got: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """The learner's mask as a numpy bool array, or a failure naming what is wrong (type, shape, dtype)."""
+    __tracebackhide__ = True
+    if isinstance(got, torch.Tensor):
+        got = got.detach().cpu().numpy()
+    if not isinstance(got, np.ndarray):
+        fail(check, case, "a numpy bool array", f"{type(got).__name__}", "return a numpy array of bools with the shape of w")
+    if got.shape != tuple(shape):
+        fail(check, case, f"shape {tuple(shape)}", f"shape {got.shape}", "return a mask with the shape of w (reshape the flat mask)")
+    if got.dtype != bool:
+        fail(check, case, "dtype bool", f"dtype {got.dtype}", "return a boolean mask (True = keep), e.g. np.ones(n, dtype=bool)")
+    return got
+
+
+def _unchanged(check: str, case: str, before: np.ndarray, after: np.ndarray, what: str = "w") -> None:
+    __tracebackhide__ = True
+    if before.shape != after.shape or not np.array_equal(before, after):
+        fail(
+            check,
+            case,
+            f"{what} left unchanged",
+            f"{what} was modified in place",
+            "do not write into the input (np.abs(w, out=w), w /= ..., w[...] = ...): in the lab w may be "
+            "model.weight.detach().numpy(), which shares memory with the model; compute on a new array",
+        )
+
+
 def check_magnitude_mask(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
-    """``fn(w, sparsity)`` -> boolean mask pruning round(sparsity*size) smallest |w|, lower index first on ties."""
+    """``fn(w, sparsity)`` -> boolean mask pruning round(sparsity*size) smallest |w|, lower index first on ties.
+
+    The learner gets its own copy of each input, and once an array that shares memory with a torch tensor (as
+    ``weight.detach().numpy()`` does); the input must come back unchanged.
+    """
     from .pruning import magnitude_mask
 
     name = "check_magnitude_mask"
     cases = _mask_cases()
     for case, w, sparsity in cases:
         expected = magnitude_mask(w, sparsity)
-        got = np.asarray(_call(name, case, fn, w.copy(), sparsity))
-        if got.shape != w.shape:
-            fail(name, case, f"shape {w.shape}", f"shape {got.shape}", "return a mask with the shape of w")
-        if got.dtype != bool:
-            fail(name, case, "dtype bool", f"dtype {got.dtype}", "return a boolean mask (True = keep)")
+        given = w.copy()
+        got = _as_mask(name, case, _call(name, case, fn, given, sparsity), w.shape)
+        _unchanged(name, case, w, given)
         if int((~got).sum()) != int((~expected).sum()):
             fail(
                 name,
                 case,
                 f"{int((~expected).sum())} pruned",
                 f"{int((~got).sum())} pruned",
-                "prune exactly k = round(sparsity * w.size) entries, even when values tie",
+                "prune exactly k = round(sparsity * w.size) entries (Python's round), even when values tie",
             )
         if not np.array_equal(got, expected):
+            wrong = np.flatnonzero(got.ravel() != expected.ravel())
+            tie = np.unique(np.abs(w.ravel()[wrong])).size == 1 and len(wrong) > 0
             fail(
                 name,
                 case,
-                expected.astype(int).tolist(),
-                got.astype(int).tolist(),
-                "prune the smallest |w|; among equal |w| prune the lower flat index first (a stable sort)",
+                expected.astype(int).tolist() if w.size <= 64 else f"a mask differing at none of {w.size} entries",
+                got.astype(int).tolist() if w.size <= 64 else f"differences at {len(wrong)} entries (flat {wrong[:6].tolist()} ...)",
+                _UNSTABLE_HINT if tie else "prune the smallest |w|; among equal |w| prune the lower flat index first (a stable sort)",
             )
-    passed(name, f"{len(cases)} cases incl. ties, all-equal, zeros, sparsity 0 and 1")
+    # the lab passes model weights as weight.detach().numpy(): a view of the tensor's memory
+    weight = torch.from_numpy(np.random.default_rng(5).standard_normal((8, 6)).astype(np.float32))
+    original = weight.clone()
+    _call(name, "a float32 view of a torch tensor (weight.detach().numpy())", fn, weight.detach().numpy(), 0.5)
+    _unchanged(name, "a float32 view of a torch tensor (weight.detach().numpy())", original.numpy(), weight.numpy(), "the tensor")
+    passed(name, f"{len(cases) + 1} cases incl. ties (2,000 entries), all-equal, zeros, sparsity 0 and 1; input unchanged")
 
 
 def check_global_masks(fn: Callable[[dict, float], dict]) -> None:
@@ -344,25 +389,41 @@ def check_global_masks(fn: Callable[[dict, float], dict]) -> None:
         ),
         ("a tie across layers", {"a": np.array([1.0, 2.0, 3.0]), "b": np.array([2.0, 5.0, 1.0])}, 0.5),
         ("one layer", {"only": rng.standard_normal((5, 5))}, 0.3),
+        (
+            "integer values in [-2, 2], 1,300 exact ties across three layers",
+            {
+                "x": rng.integers(-2, 3, (20, 30)).astype(float),
+                "y": rng.integers(-2, 3, (10, 50)).astype(float),
+                "z": rng.integers(-2, 3, 200).astype(float),
+            },
+            0.45,
+        ),
     ]
+    hint = "rank all |w| of all layers together (one threshold); ties: earlier layer (dict order), then lower index, pruned first"
     for case, weights, sparsity in cases:
         expected = global_magnitude_masks(weights, sparsity)
-        got = _call(name, case, fn, {k: v.copy() for k, v in weights.items()}, sparsity)
+        given = {k: v.copy() for k, v in weights.items()}
+        got = _call(name, case, fn, given, sparsity)
         if not isinstance(got, dict) or set(got) != set(weights):
-            fail(name, case, f"a dict with keys {sorted(weights)}", repr(type(got)), "return {layer name: mask}")
+            keys = sorted(got) if isinstance(got, dict) else type(got).__name__
+            fail(name, case, f"a dict with keys {sorted(weights)}", keys, "return {layer name: mask}, one entry per layer")
         for layer in weights:
-            if not np.array_equal(np.asarray(got[layer]), expected[layer]):
-                hint = (
-                    "rank all |w| of all layers together (one threshold); ties: earlier layer (dict order), then lower index, pruned first"
-                )
+            _unchanged(name, f"{case}, layer {layer!r}", weights[layer], given[layer], f"weights[{layer!r}]")
+            mask = _as_mask(name, f"{case}, layer {layer!r}", got[layer], weights[layer].shape)
+            if not np.array_equal(mask, expected[layer]):
+                small = weights[layer].size <= 64
                 fail(
                     name,
                     f"{case}, layer {layer!r}",
-                    expected[layer].astype(int).tolist(),
-                    np.asarray(got[layer]).astype(int).tolist(),
-                    hint,
+                    expected[layer].astype(int).tolist()
+                    if small
+                    else f"{int((~expected[layer]).sum())} pruned, at the stable-sort positions",
+                    mask.astype(int).tolist()
+                    if small
+                    else f"{int((~mask).sum())} pruned, {int((mask != expected[layer]).sum())} entries differ",
+                    hint + ("" if small else "; " + _UNSTABLE_HINT),
                 )
-    passed(name, f"{len(cases)} cases: one global threshold, ties across layers resolved in order")
+    passed(name, f"{len(cases)} cases: one global threshold, ties across layers resolved in order; inputs unchanged")
 
 
 def check_gradual_sparsity(fn: Callable[..., float]) -> None:
@@ -375,52 +436,73 @@ def check_gradual_sparsity(fn: Callable[..., float]) -> None:
         case = f"step={step}, final={final}, begin={begin}, end={end}, initial={initial}"
         expected = gradual_sparsity(step, final, begin, end, initial)
         got = _call(name, case, fn, step, final, begin, end, initial)
-        if not np.isclose(float(got), expected, atol=1e-9):
-            hint = "s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))**3 between begin and end; s_i before, s_f after"
-            fail(name, case, f"{expected:.6f}", f"{float(got):.6f}", hint)
+        if isinstance(got, (torch.Tensor, np.ndarray)) and got.ndim == 0:
+            got = got.item()
+        if isinstance(got, bool) or not isinstance(got, (int, float, np.floating, np.integer)):
+            fail(name, case, "a number (float)", f"{got!r} ({type(got).__name__})", "return one float, the sparsity at this step")
+        if not np.isclose(float(got), expected, rtol=0, atol=1e-6):  # float32 arithmetic is fine
+            hint = "s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))**3 between begin and end (true division); s_i before, s_f after"
+            fail(name, case, f"{expected:.8f}", f"{float(got):.8f}", hint)
     passed(name, f"{len(cases)} steps, before / during / after the ramp, match the cubic schedule")
 
 
 def check_csr_encode(fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    """``fn(dense)`` -> ``(values, col_idx, row_ptr)`` of the CSR format."""
+    """``fn(dense)`` -> ``(values, col_idx, row_ptr)`` of the CSR format; indices are integer arrays, the input unchanged."""
     from .pruning import csr_encode
 
     name = "check_csr_encode"
     rng = np.random.default_rng(3)
     dense = rng.standard_normal((6, 9)) * (rng.random((6, 9)) < 0.3)
     dense[2] = 0.0  # an empty row
+    tall = rng.standard_normal((300, 40)) * (rng.random((300, 40)) < 0.1)
+    tall[[0, 150, 299]] = 0.0  # empty first, middle and last rows
     cases = [
         ("a 6x9 matrix with an empty row", dense),
         ("all zeros 3x4", np.zeros((3, 4))),
         ("dense 2x3", np.arange(1.0, 7.0).reshape(2, 3)),
         ("one nonzero in the last row", np.pad(np.array([[7.0]]), ((4, 0), (2, 0)))),
+        ("float32 300x40 with empty first, middle and last rows", tall.astype(np.float32)),
     ]
     for case, a in cases:
         ref = csr_encode(a)
-        got = _call(name, case, fn, a.copy())
-        try:
-            values, col_idx, row_ptr = (np.asarray(v) for v in got)
-        except (TypeError, ValueError):
-            fail(name, case, "a tuple (values, col_idx, row_ptr)", repr(got), "return the three arrays")
+        given = a.copy()
+        got = _call(name, case, fn, given)
+        _unchanged(name, case, a, given, "dense")
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            fail(name, case, "a tuple (values, col_idx, row_ptr)", f"{type(got).__name__}", "return the three arrays, in that order")
+        values, col_idx, row_ptr = (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for v in got)
+        for label, array in (("col_idx", col_idx), ("row_ptr", row_ptr)):
+            if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+                fail(
+                    name,
+                    f"{case}: {label}",
+                    "a 1-d integer array",
+                    f"shape {array.shape}, dtype {array.dtype}",
+                    f"{label} holds indices: keep it integer (np.concatenate([[0], ...]) with an int 0; no float zeros, no float division)",
+                )
         if len(row_ptr) != a.shape[0] + 1 or not np.array_equal(row_ptr, ref.row_ptr):
             fail(
                 name,
                 case,
-                ref.row_ptr.tolist(),
-                row_ptr.tolist(),
-                "row_ptr has rows + 1 entries, starts at 0; row r owns values[row_ptr[r]:row_ptr[r+1]]",
+                ref.row_ptr.tolist() if len(ref.row_ptr) <= 12 else f"{len(ref.row_ptr)} entries, first {ref.row_ptr[:6].tolist()}",
+                row_ptr.tolist() if len(row_ptr) <= 12 else f"{len(row_ptr)} entries, first {row_ptr[:6].tolist()}",
+                "row_ptr has rows + 1 entries, starts at 0 and ends at nnz; row r owns values[row_ptr[r]:row_ptr[r+1]]",
             )
-        if not np.array_equal(col_idx, ref.col_idx):
+        if col_idx.shape != ref.col_idx.shape or not np.array_equal(col_idx, ref.col_idx):
             fail(
                 name,
                 case,
-                ref.col_idx.tolist(),
-                col_idx.tolist(),
+                ref.col_idx.tolist()[:20],
+                col_idx.tolist()[:20],
                 "store the column of each nonzero, row by row (row-major order), not its row",
             )
-        if not np.allclose(values, ref.values):
-            fail(name, case, ref.values.tolist(), values.tolist(), "store the nonzero values in row-major order")
-    passed(name, f"{len(cases)} matrices incl. an empty row, all zeros and fully dense")
+        if values.shape != ref.values.shape or not np.issubdtype(values.dtype, np.floating):
+            fail(
+                name, case, f"{ref.nnz} float values", f"shape {values.shape}, dtype {values.dtype}", "values holds the nonzeros themselves"
+            )
+        if not np.allclose(values, ref.values, rtol=1e-6, atol=0):
+            fail(name, case, ref.values.tolist()[:8], values.tolist()[:8], "store the nonzero values in row-major order")
+    passed(name, f"{len(cases)} matrices incl. empty rows, all zeros and fully dense; integer indices; input unchanged")
 
 
 def check_sensitivity_scan(fn: Callable[..., dict], model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -436,11 +518,12 @@ def check_sensitivity_scan(fn: Callable[..., dict], model: nn.Module, data: tupl
     got = _call(name, "sparsities [0.0, 0.5, 0.9]", fn, model, data, sparsities)
     for key, value in model.state_dict().items():
         if not torch.equal(value, before[key]):
+            model.load_state_dict(before)  # repair the learner's model so that later cells start from the baseline
             fail(
                 name,
                 "the model after the scan",
                 "unchanged weights",
-                f"{key} was modified",
+                f"{key} was modified (restored now)",
                 "prune a deep copy (copy.deepcopy) for each layer and sparsity, never the model itself",
             )
     expected = {}
@@ -460,15 +543,114 @@ def check_sensitivity_scan(fn: Callable[..., dict], model: nn.Module, data: tupl
             "one entry per prunable layer (Linear/Conv2d weight)",
         )
     for layer in expected:
-        if not np.allclose(np.asarray(got[layer], dtype=float), expected[layer], atol=1e-6):
+        try:
+            accs = np.array([float(a) for a in got[layer]], dtype=float)
+        except (TypeError, ValueError):
+            fail(name, f"layer {layer!r}", f"a list of {len(sparsities)} accuracies", repr(got[layer]), "one float per sparsity")
+        if accs.shape != (len(sparsities),):
+            fail(name, f"layer {layer!r}", f"{len(sparsities)} accuracies", f"{accs.size}", "one accuracy per sparsity, in order")
+        if not np.allclose(accs, expected[layer], atol=1e-6):
             fail(
                 name,
                 f"layer {layer!r}",
                 [round(a, 4) for a in expected[layer]],
-                list(got[layer]),
-                "prune only this layer at each sparsity, starting from the original weights each time",
+                [round(float(a), 4) for a in accs],
+                "prune only this layer at each sparsity, starting from the original weights each time; accuracy as a fraction in [0, 1]",
             )
     passed(name, f"{len(expected)} layers x {len(sparsities)} sparsities match; the model is unchanged")
+
+
+def _taylor_case(seed: int) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    from .models import LeNet300
+
+    torch.manual_seed(seed)
+    model = LeNet300(hidden=(24, 12))
+    generator = torch.Generator().manual_seed(seed)
+    batches = [(torch.randn(16, 1, 28, 28, generator=generator), torch.randint(0, 10, (16,), generator=generator)) for _ in range(4)]
+    return model, batches
+
+
+def check_taylor_scores(fn: Callable[..., dict]) -> None:
+    """``fn(model, batches)`` -> {layer: mean over batches of (w * dL_b/dw)**2}, L_b the batch's mean cross-entropy.
+
+    One entry per prunable weight (``P.prunable_weights``), each of the weight's shape; the model's weights unchanged.
+    """
+    import copy
+
+    from .pruning import accumulate_taylor_scores, prunable_weights
+
+    name = "check_taylor_scores"
+    for seed in (0, 1):
+        model, batches = _taylor_case(seed)
+        case = f"a small LeNet-300 (24, 12 hidden), {len(batches)} batches of 16 (seed {seed})"
+        expected = accumulate_taylor_scores(copy.deepcopy(model), batches)
+        before = copy.deepcopy(model.state_dict())
+        try:
+            got = fn(model, batches)
+        except NotImplementedError:
+            raise
+        except RuntimeError as error:
+            if "does not require grad" in str(error) or "grad_fn" in str(error):
+                fail(
+                    name,
+                    case,
+                    "a backward pass through the model",
+                    f"RuntimeError: {error}",
+                    "compute the loss with gradients enabled (no torch.no_grad(), no detached weights), then call .backward()",
+                )
+            raise CheckFailure(f"{name}: your function raised RuntimeError: {error}\n  on {case}") from error
+        except Exception as error:  # noqa: BLE001 - any learner error becomes a check failure with context
+            raise CheckFailure(f"{name}: your function raised {type(error).__name__}: {error}\n  on {case}") from error
+        for key, value in model.state_dict().items():
+            if not torch.equal(value, before[key]):
+                fail(
+                    name,
+                    case,
+                    "the model's weights unchanged",
+                    f"{key} changed",
+                    "only compute gradients; no optimizer step, no in-place edits of w",
+                )
+        layers = list(prunable_weights(model))
+        if not isinstance(got, dict) or set(got) != set(layers):
+            fail(
+                name,
+                case,
+                f"a dict with keys {layers}",
+                sorted(got) if isinstance(got, dict) else type(got).__name__,
+                "one entry per prunable weight: for name, w in P.prunable_weights(model).items()",
+            )
+        for layer in layers:
+            value = got[layer]
+            if isinstance(value, np.ndarray):
+                value = torch.from_numpy(value)
+            if not isinstance(value, torch.Tensor):
+                fail(name, f"{case}, layer {layer!r}", "a torch tensor", type(value).__name__, "return a tensor of the weight's shape")
+            value = value.detach().to(torch.float64)
+            ref = expected[layer].to(torch.float64)
+            if value.shape != ref.shape:
+                fail(name, f"{case}, layer {layer!r}", f"shape {tuple(ref.shape)}", f"shape {tuple(value.shape)}", "one score per weight")
+            error = float((value - ref).abs().max() / ref.abs().max())
+            if not error < 1e-4:
+                ratio = float(value.sum() / ref.sum())
+                if abs(ratio - len(batches)) < 1e-3 * len(batches):
+                    hint = "divide by the number of batches: the score is the mean over batches, not the sum"
+                elif abs(ratio - 16**2) < 0.1:
+                    hint = "use the batch's mean loss (F.cross_entropy's default reduction), not the sum"
+                elif bool((value < 0).any()):
+                    hint = "square w * grad for each batch: the score is never negative"
+                else:
+                    hint = (
+                        "for each batch: model.zero_grad(), mean loss, backward, then add (w * w.grad)**2; square per batch "
+                        "before averaging (averaging the gradient first cancels it out); no abs instead of the square"
+                    )
+                fail(
+                    name,
+                    f"{case}, layer {layer!r}",
+                    f"max {float(ref.max()):.4e}, sum {float(ref.sum()):.4e}",
+                    f"max {float(value.max()):.4e}, sum {float(value.sum()):.4e} (relative error {error:.1e})",
+                    hint,
+                )
+    passed(name, "2 models x 3 layers: mean over batches of (w * g_b)^2 matches; the model is unchanged")
 
 
 # ----------------------------------------------------------------------------- chapter 02: structured pruning

@@ -1,4 +1,4 @@
-"""Pruning: masks (magnitude, global, random, scores, N:M), schedules, structured shrinking, sparse formats.
+"""Pruning: masks (magnitude, global, random, Taylor scores, N:M), schedules, structured shrinking, sparse formats.
 
 Conventions: a mask is boolean with the shape of its weight, True = keep. ``sparsity`` is the
 fraction of entries pruned, in [0, 1]. Functions accept a numpy array or a torch tensor and
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +89,47 @@ def taylor_scores(w: Array, grad: Array) -> Array:
     if tuple(w.shape) != tuple(grad.shape):
         raise ValueError(f"w and grad must have the same shape, got {tuple(w.shape)} and {tuple(grad.shape)}")
     return (w * grad).abs() if isinstance(w, torch.Tensor) else np.abs(w * grad)
+
+
+def taylor_batch_scores(w: Array, grads: Array) -> Array:
+    """Per-batch first-order Taylor importance (Molchanov et al. 2019): ``mean_b (w * g_b)**2``.
+
+    ``w`` has any shape S; ``grads`` stacks one gradient per mini-batch, shape (B, *S), each the
+    gradient of that batch's mean loss. Squaring *before* averaging keeps the signal that an
+    averaged gradient (near zero at a minimum) cancels out. Returns shape S, same kind as ``w``.
+    """
+    _check_array(w)
+    _check_array(grads, "grads")
+    if tuple(grads.shape[1:]) != tuple(w.shape):
+        raise ValueError(f"grads must have shape (batches, *w.shape) = (B, {', '.join(map(str, w.shape))}), got {tuple(grads.shape)}")
+    if isinstance(w, torch.Tensor):
+        g = grads if isinstance(grads, torch.Tensor) else torch.from_numpy(np.asarray(grads))
+        return ((w.detach() * g.to(w.dtype)) ** 2).mean(0)
+    return np.mean((w * _to_numpy(grads)) ** 2, axis=0)
+
+
+def accumulate_taylor_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``{layer: mean over batches of (w * dL_b/dw)**2}`` for every prunable weight of ``model``.
+
+    ``batches`` yields ``(x, y)`` pairs; ``L_b`` is the mean cross-entropy of batch b. The model's
+    weights are not changed; its ``.grad`` fields are left cleared (None). Scores have each weight's shape.
+    """
+    import torch.nn.functional as F
+
+    weights = prunable_weights(model)
+    totals = {name: torch.zeros_like(w, dtype=torch.float64) for name, w in weights.items()}
+    count = 0
+    for x, y in batches:
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            F.cross_entropy(model(x), y).backward()
+        for name, w in weights.items():
+            totals[name] += (w.detach().double() * w.grad.double()) ** 2
+        count += 1
+    model.zero_grad(set_to_none=True)
+    if count == 0:
+        raise ValueError("batches is empty")
+    return {name: (total / count).to(weights[name].dtype) for name, total in totals.items()}
 
 
 def global_magnitude_masks(weights: Mapping[str, Array], sparsity: float) -> dict[str, Array]:

@@ -75,9 +75,18 @@ def prediction_explorer(models: Mapping[str, nn.Module], x: torch.Tensor, y: tor
     return widgets.VBox([widgets.HBox([slider, wrong_only]), output])
 
 
-def draw_pruning(model: nn.Module, layer: str, sparsity: float, data: tuple[torch.Tensor, torch.Tensor], corner: int = 20) -> Figure:
-    """One-shot magnitude pruning of ``layer`` at ``sparsity``: the kept weights' histogram, the mask's
-    top-left ``corner`` x ``corner`` block, and the test accuracy of the pruned copy (no fine-tuning)."""
+def draw_pruning(
+    model: nn.Module,
+    layer: str,
+    sparsity: float,
+    data: tuple[torch.Tensor, torch.Tensor],
+    corner: int = 20,
+    split: str = "validation",
+) -> Figure:
+    """One-shot magnitude pruning of ``layer`` at ``sparsity``: the kept weights' histogram, the mask on the
+    ``corner`` outputs x ``corner`` inputs with the largest total |w| (the block that matters, not a blank
+    border), for a layer fed by 28 x 28 pixels the kept fraction of each pixel's weights as an image, and the
+    accuracy on ``data`` (named ``split`` in the title) of the pruned copy, without fine-tuning."""
     import copy
 
     from .plotting import matrix_heatmap, weight_histogram
@@ -92,16 +101,34 @@ def draw_pruning(model: nn.Module, layer: str, sparsity: float, data: tuple[torc
     apply_masks(pruned, {layer: mask})
     accuracy = evaluate(pruned, data)
     weight = prunable_weights(pruned)[layer].detach().flatten(1)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    weight_histogram(weight, ax=left, drop_zeros=True, title=f"{layer}: kept weights at sparsity {sparsity:.0%}")
-    matrix_heatmap(mask.flatten(1)[:corner, :corner], ax=right, annotate=False, title=f"mask, top-left {corner}x{corner} (dark = kept)")
-    fig.suptitle(f"test accuracy after pruning {layer} alone, no fine-tuning: {accuracy:.2%}")
+    dense = weights[layer].detach().abs().flatten(1)  # (outputs, inputs) of the unpruned layer
+    rows = torch.sort(torch.topk(dense.sum(1), min(corner, dense.shape[0])).indices).values
+    cols = torch.sort(torch.topk(dense.sum(0), min(corner, dense.shape[1])).indices).values
+    pixels = dense.shape[1] == 28 * 28
+    fig, axes = plt.subplots(1, 3 if pixels else 2, figsize=(14 if pixels else 10, 3.8))
+    weight_histogram(weight, ax=axes[0], drop_zeros=True, title=f"{layer}: kept weights at sparsity {sparsity:.0%}")
+    matrix_heatmap(
+        mask.flatten(1)[rows][:, cols],
+        ax=axes[1],
+        annotate=False,
+        title=f"mask of the {len(rows)} x {len(cols)} block with the largest |w|\n(dark = kept)",
+        xlabel=f"the {len(cols)} inputs with the largest total |w|",
+        ylabel=f"the {len(rows)} outputs with the largest total |w|",
+    )
+    if pixels:
+        kept = mask.flatten(1).float().mean(0).reshape(28, 28).numpy()
+        image = axes[2].imshow(kept, cmap="Greys", vmin=0, vmax=max(float(kept.max()), 1e-6))
+        axes[2].set_title("kept fraction of each input pixel's weights\n(colour scale up to the largest)")
+        axes[2].set_xticks([])
+        axes[2].set_yticks([])
+        fig.colorbar(image, ax=axes[2], fraction=0.046)
+    fig.suptitle(f"{split} accuracy after pruning {layer} alone, no fine-tuning: {accuracy:.2%}")
     fig.tight_layout()
     return fig
 
 
-def pruning_explorer(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> widgets.Widget:
-    """A sparsity slider and a layer menu over :func:`draw_pruning`."""
+def pruning_explorer(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], split: str = "validation") -> widgets.Widget:
+    """A sparsity slider and a layer menu over :func:`draw_pruning`; ``split`` names ``data`` in the title."""
     from .pruning import prunable_weights
 
     layers = list(prunable_weights(model))
@@ -109,7 +136,7 @@ def pruning_explorer(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) 
     layer = widgets.Dropdown(options=layers, value=layers[0], description="layer")
 
     def show(layer: str, sparsity: float) -> None:
-        draw_pruning(model, layer, sparsity, data)
+        draw_pruning(model, layer, sparsity, data, split=split)
         plt.show()
 
     output = widgets.interactive_output(show, {"layer": layer, "sparsity": sparsity})

@@ -318,6 +318,10 @@ WRONG: dict[str, tuple[Callable, list[Callable]]] = {
         ],
     ),
     "check_sensitivity_scan": (sensitivity, [sensitivity_in_place, sensitivity_cumulative]),
+    "check_taylor_scores": (  # more wrong answers and correct alternatives in tests/test_checks_01.py
+        lambda model, batches: P.accumulate_taylor_scores(model, batches),
+        [lambda model, batches: {n: s.sqrt() for n, s in P.accumulate_taylor_scores(model, batches).items()}],  # |w g|, not squared
+    ),
 }
 
 WRONG.update(
