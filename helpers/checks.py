@@ -321,17 +321,10 @@ def _as_mask(check: str, case: str, got: Any, shape: tuple[int, ...]) -> np.ndar
     return got
 
 
-def _unchanged(check: str, case: str, before: np.ndarray, after: np.ndarray, what: str = "w") -> None:
-    __tracebackhide__ = True
-    if before.shape != after.shape or not np.array_equal(before, after):
-        fail(
-            check,
-            case,
-            f"{what} left unchanged",
-            f"{what} was modified in place",
-            "do not write into the input (np.abs(w, out=w), w /= ..., w[...] = ...): in the lab w may be "
-            "model.weight.detach().numpy(), which shares memory with the model; compute on a new array",
-        )
+WEIGHT_IN_PLACE_HINT = (
+    "do not write into the input (np.abs(w, out=w), w /= ..., w[...] = ...): in the lab w may be "
+    "model.weight.detach().numpy(), which shares memory with the model; compute on a new array"
+)
 
 
 def check_magnitude_mask(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
@@ -348,7 +341,7 @@ def check_magnitude_mask(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
         expected = magnitude_mask(w, sparsity)
         given = w.copy()
         got = _as_mask(name, case, _call(name, case, fn, given, sparsity), w.shape)
-        _unchanged(name, case, w, given)
+        _unchanged(name, case, w, given, "w", WEIGHT_IN_PLACE_HINT)
         if int((~got).sum()) != int((~expected).sum()):
             fail(
                 name,
@@ -371,7 +364,8 @@ def check_magnitude_mask(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
     weight = torch.from_numpy(np.random.default_rng(5).standard_normal((8, 6)).astype(np.float32))
     original = weight.clone()
     _call(name, "a float32 view of a torch tensor (weight.detach().numpy())", fn, weight.detach().numpy(), 0.5)
-    _unchanged(name, "a float32 view of a torch tensor (weight.detach().numpy())", original.numpy(), weight.numpy(), "the tensor")
+    view_case = "a float32 view of a torch tensor (weight.detach().numpy())"
+    _unchanged(name, view_case, original.numpy(), weight.numpy(), "the tensor", WEIGHT_IN_PLACE_HINT)
     passed(name, f"{len(cases) + 1} cases incl. ties (2,000 entries), all-equal, zeros, sparsity 0 and 1; input unchanged")
 
 
@@ -408,7 +402,7 @@ def check_global_masks(fn: Callable[[dict, float], dict]) -> None:
             keys = sorted(got) if isinstance(got, dict) else type(got).__name__
             fail(name, case, f"a dict with keys {sorted(weights)}", keys, "return {layer name: mask}, one entry per layer")
         for layer in weights:
-            _unchanged(name, f"{case}, layer {layer!r}", weights[layer], given[layer], f"weights[{layer!r}]")
+            _unchanged(name, f"{case}, layer {layer!r}", weights[layer], given[layer], f"weights[{layer!r}]", WEIGHT_IN_PLACE_HINT)
             mask = _as_mask(name, f"{case}, layer {layer!r}", got[layer], weights[layer].shape)
             if not np.array_equal(mask, expected[layer]):
                 small = weights[layer].size <= 64
@@ -467,7 +461,7 @@ def check_csr_encode(fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np
         ref = csr_encode(a)
         given = a.copy()
         got = _call(name, case, fn, given)
-        _unchanged(name, case, a, given, "dense")
+        _unchanged(name, case, a, given, "dense", WEIGHT_IN_PLACE_HINT)
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             fail(name, case, "a tuple (values, col_idx, row_ptr)", f"{type(got).__name__}", "return the three arrays, in that order")
         values, col_idx, row_ptr = (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for v in got)

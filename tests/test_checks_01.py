@@ -148,7 +148,7 @@ def test_magnitude_mask_rejects_mutating_only_float32_views() -> None:
             w *= 1.0001
         return mask_stable(w, s)
 
-    with pytest.raises(checks.CheckFailure, match="modified in place"):
+    with pytest.raises(checks.CheckFailure, match="changed in place"):
         checks.check_magnitude_mask(sneaky)
 
 
