@@ -2124,6 +2124,322 @@ def check_attention_map(fn: Callable[..., torch.Tensor]) -> None:
     )
 
 
+# Lab 07 exercises 1-3 and 6 apply the lecture's ideas somewhere new: an ensemble of two teachers, a loss on
+# soft targets given as probabilities (mixed with the labels) and its full gradient, attention maps of different sizes.
+
+
+def _ensemble_cases() -> list[tuple[str, list[np.ndarray], float]]:
+    rng = np.random.default_rng(23)
+    up, down = rng.standard_normal((2, 6)) * 3 + 1000, rng.standard_normal((2, 6)) * 3 - 1000
+    return [
+        ("two teachers, T = 1", [rng.standard_normal((4, 10)) * 3, rng.standard_normal((4, 10)) * 3], 1.0),
+        (
+            "a confident and a hesitant teacher (logit scales 10 and 1), T = 4",
+            [rng.standard_normal((6, 10)) * 10, rng.standard_normal((6, 10))],
+            4.0,
+        ),
+        ("three teachers, T = 2", [rng.standard_normal((5, 10)) * 4 for _ in range(3)], 2.0),
+        ("teacher 0 near +1000, teacher 1 near -1000, T = 1", [up, down], 1.0),
+        ("one teacher, batch of one, T = 10", [rng.standard_normal((1, 7)) * 5], 10.0),
+        ("two teachers, 10 x 10 logits, T = 3 (a wrong axis keeps the shape)", [rng.standard_normal((10, 10)) * 4 for _ in range(2)], 3.0),
+    ]
+
+
+def check_ensemble_soft_targets(fn: Callable[[list, float], np.ndarray]) -> None:
+    """``fn(teacher_logits, T)`` -> the mean over the K teachers of softmax(logits_k / T), (batch, classes).
+
+    ``teacher_logits`` is a list of K numpy arrays (batch, classes); none may be modified. A float32 result is
+    accepted at float32 tolerance, a torch tensor too."""
+    from .distillation import ensemble_soft_targets, softmax_t
+
+    name = "check_ensemble_soft_targets"
+    for case, logits, T in _ensemble_cases():
+        expected = ensemble_soft_targets(logits, T)
+        arguments = [z.copy() for z in logits]
+        with np.errstate(all="ignore"):
+            raw = _call(name, case, fn, arguments, T)
+        for k, (z, argument) in enumerate(zip(logits, arguments)):
+            _unchanged(name, case, z, argument, f"teacher_logits[{k}]", SOFTMAX_IN_PLACE_HINT)
+        if tuple(np.shape(raw)) != expected.shape and isinstance(raw, (np.ndarray, torch.Tensor)):
+            fail(
+                name,
+                case,
+                f"shape {expected.shape}",
+                f"shape {tuple(np.shape(raw))}",
+                "average over the teachers (the list), not over the batch",
+            )
+        got, single = _numpy_result(name, case, raw, expected.shape)
+        if not np.all(np.isfinite(got)):
+            fail(
+                name,
+                case,
+                "finite probabilities",
+                "inf or NaN",
+                "subtract each teacher's own row maximum before exp (per teacher, per row)",
+            )
+        if not np.allclose(got, expected, rtol=1e-4 if single else 1e-9, atol=1e-5 if single else 1e-12):
+            hint = "softmax(logits_k / T) for each teacher k, then the mean over the teachers (each row then sums to 1)"
+            for other, why in (
+                (
+                    softmax_t(np.mean(logits, axis=0), T),
+                    "average the probabilities, not the logits: softmax(mean of logits), the normalised geometric mean, "
+                    "lets the confident teacher dominate",
+                ),
+                (len(logits) * expected, "the mean over the teachers, not the sum (each row must sum to 1)"),
+                (softmax_t(logits[0], T), "use every teacher in the list, not only the first"),
+                (np.mean([softmax_t(z, 1.0) for z in logits], axis=0), "divide each teacher's logits by T before the softmax"),
+            ):
+                if len(logits) > 1 or why.startswith("divide"):
+                    if np.allclose(got, other, rtol=1e-4, atol=1e-6) and not np.allclose(other, expected, rtol=1e-4, atol=1e-6):
+                        hint = why
+                        break
+            row = int(np.argmax(np.abs(got - expected).max(axis=-1)))
+            fail(
+                name,
+                case,
+                f"row {row}: {np.round(expected[row, :4], 5).tolist()}",
+                f"row {row}: {np.round(got[row, :4], 5).tolist()}",
+                hint,
+            )
+    passed(name, f"{len(_ensemble_cases())} ensembles of 1-3 teachers incl. logits near +-1000 and different scales; inputs left unchanged")
+
+
+def _soft_loss_cases() -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float, float]]:
+    from .distillation import ensemble_soft_targets
+
+    rng = np.random.default_rng(24)
+    cases = []
+    for case, s, t, T in _logit_cases():
+        p = ensemble_soft_targets([t, rng.standard_normal(t.shape) * 3], T)
+        cases.append((case, s, p, T))
+    sparse = np.zeros((4, 10))
+    sparse[np.arange(4), [1, 4, 7, 9]] = [0.7, 1.0, 0.55, 0.9]
+    sparse[np.arange(4), [2, 4, 3, 0]] += [0.3, 0.0, 0.45, 0.1]
+    cases.append(("soft targets with exact zeros (0 log 0 = 0), T = 2", rng.standard_normal((4, 10)) * 3, sparse, 2.0))
+    alphas = [0.9, 0.3, 0.7, 1.0, 0.0, 0.6, 0.8]
+    out = []
+    for (case, s, p, T), alpha in zip(cases, alphas):
+        labels = rng.integers(0, s.shape[1], len(s))
+        out.append((f"{case}, alpha = {alpha}", s, p, labels, T, alpha))
+    return out
+
+
+def _soft_parts(s: np.ndarray, p: np.ndarray, y: np.ndarray, T: float) -> tuple[float, float, float, float]:
+    """(KL(p || q_T) batch mean, CE(y, q_1), CE(y, q_T), KL(q_T || p)) for the hints."""
+    from .distillation import log_softmax_t
+
+    log_q, log_q1 = log_softmax_t(s, T), log_softmax_t(s, 1.0)
+    with np.errstate(all="ignore"):
+        p_log_p = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+        reverse = float((np.exp(log_q) * (log_q - np.log(p))).sum(-1).mean())
+    rows = np.arange(len(y))
+    return float((p_log_p - p * log_q).sum(-1).mean()), float(-log_q1[rows, y].mean()), float(-log_q[rows, y].mean()), reverse
+
+
+def check_soft_target_loss(fn: Callable[..., float]) -> None:
+    """``fn(student_logits, soft_targets, labels, T, alpha)`` -> alpha T^2 mean KL(p || softmax(s/T)) + (1 - alpha) mean CE(y, softmax(s)).
+
+    ``soft_targets`` are probabilities already at temperature T (they may hold exact zeros); accepted within a relative 3e-4
+    (float32 passes); no argument may be modified."""
+    from .distillation import soft_target_loss
+
+    name = "check_soft_target_loss"
+    cases = _soft_loss_cases()
+    for case, s, p, y, T, alpha in cases:
+        expected = soft_target_loss(s, p, y, T, alpha)
+        args = (s.copy(), p.copy(), y.copy())
+        with np.errstate(all="ignore"):
+            got = _float_result(name, case, _call(name, case, fn, *args, T, alpha))
+        for what, before, now in zip(("`student_logits`", "`soft_targets`", "`labels`"), (s, p, y), args):
+            _unchanged(name, case, before, now, what, SOFTMAX_IN_PLACE_HINT)
+        if not np.isclose(got, expected, rtol=3e-4, atol=1e-7):
+            kl, ce, ce_t, reverse = _soft_parts(s, p, y, T)
+            hint = (
+                "alpha * T**2 * mean_b sum_i p_i (log p_i - log q_i) with q = softmax(s / T), plus (1 - alpha) * mean_b -log softmax(s)[y]"
+            )
+            if not np.isfinite(got):
+                hint = (
+                    "0 log 0 = 0: soft targets may be exactly 0, take p log p only where p > 0 (np.where or scipy.special.xlogy); "
+                    "log q by log-sum-exp"
+                )
+            else:
+                for other, why in (
+                    ((1 - alpha) * T * T * kl + alpha * ce, "alpha weights the soft targets (KL), 1 - alpha the labels (cross-entropy)"),
+                    (alpha * kl + (1 - alpha) * ce, "the T**2 factor on the KL term is missing"),
+                    (
+                        alpha * T * T * kl + (1 - alpha) * ce_t,
+                        "the cross-entropy with the labels uses the student's logits at T = 1, not s / T",
+                    ),
+                    (
+                        alpha * T * T * reverse + (1 - alpha) * ce,
+                        "the KL is the wrong way round: KL(p || q) = sum p (log p - log q), p = soft targets",
+                    ),
+                    (alpha * T * T * kl * len(s) + (1 - alpha) * ce * len(s), "average over the batch, do not sum"),
+                    (alpha * T * T * kl / s.shape[1] + (1 - alpha) * ce, "sum the KL over the classes and average over the batch only"),
+                    (alpha * T * T * kl, "add the (1 - alpha) cross-entropy with the labels"),
+                    (
+                        alpha * T * T * (kl - _soft_parts(np.log(np.maximum(p, 1e-300)), p, y, 1.0)[0]) + (1 - alpha) * ce,
+                        "the KL includes the teacher's side, sum p log p (0 log 0 = 0), not only -sum p log q",
+                    ),
+                ):
+                    if np.isfinite(other) and np.isclose(got, other, rtol=1e-4, atol=1e-9):
+                        hint = why
+                        break
+            fail(name, case, f"{expected:.8g}", f"{got:.8g}", hint)
+    passed(name, f"{len(cases)} cases (alpha 0 to 1, T 1 to 10, logits near +-1000, soft targets with exact zeros); arguments unchanged")
+
+
+def check_soft_target_grad(fn: Callable[..., np.ndarray]) -> None:
+    """``fn(student_logits, soft_targets, labels, T, alpha)`` -> the gradient of check_soft_target_loss's loss w.r.t. the
+    student's logits, (batch, classes). Accepted within 3e-4 of the largest entry (float32 passes); arguments unchanged."""
+    from .distillation import soft_target_grad, softmax_t
+
+    name = "check_soft_target_grad"
+    cases = _soft_loss_cases()
+    for case, s, p, y, T, alpha in cases:
+        expected = soft_target_grad(s, p, y, T, alpha)
+        args = (s.copy(), p.copy(), y.copy())
+        with np.errstate(all="ignore"):
+            raw = _call(name, case, fn, *args, T, alpha)
+        for what, before, now in zip(("`student_logits`", "`soft_targets`", "`labels`"), (s, p, y), args):
+            _unchanged(name, case, before, now, what, SOFTMAX_IN_PLACE_HINT)
+        got, _ = _numpy_result(name, case, raw, expected.shape)
+        scale = np.abs(expected).max()
+        if not np.all(np.isfinite(got)) or np.abs(got - expected).max() > 3e-4 * scale + 1e-12:
+            B = len(s)
+            kd = T * (softmax_t(s, T) - p) / B
+            hard = (softmax_t(s, 1.0) - np.eye(s.shape[1])[y]) / B
+            hint = "(alpha * T * (softmax(s / T) - p) + (1 - alpha) * (softmax(s) - onehot(y))) / batch"
+            if np.all(np.isfinite(got)):
+                for other, why in (
+                    (
+                        alpha * kd / T + (1 - alpha) * hard,
+                        "the KL part is T * (q - p) / B: the T**2 of the loss times the 1/T of softmax(s / T)",
+                    ),
+                    (alpha * kd * T + (1 - alpha) * hard, "the KL part's factor is T, not T**2"),
+                    (-expected, "the sign: student minus target, q - p and softmax(s) - onehot(y)"),
+                    (B * expected, "divide by the batch size (the loss is a batch mean)"),
+                    ((1 - alpha) * kd + alpha * hard, "alpha weights the soft-target part, 1 - alpha the labels"),
+                    (alpha * kd, "add the cross-entropy part (1 - alpha) * (softmax(s) - onehot(y)) / B"),
+                    (alpha * kd + (1 - alpha) * (softmax_t(s, T) - np.eye(s.shape[1])[y]) / B, "the label part uses softmax(s) at T = 1"),
+                ):
+                    if np.allclose(got, other, rtol=1e-4, atol=1e-12) and not np.allclose(other, expected, rtol=1e-4, atol=1e-12):
+                        hint = why
+                        break
+            row = int(np.argmax(np.abs(got - expected).max(axis=-1))) if np.all(np.isfinite(got)) else 0
+            fail(
+                name,
+                case,
+                f"row {row}: {np.round(expected[row, :4], 6).tolist()}",
+                f"row {row}: {np.round(got[row, :4], 6).tolist()}",
+                hint,
+            )
+    passed(name, f"{len(cases)} cases equal the gradient of the mixed loss (KL part and label part); arguments unchanged")
+
+
+def check_pooled_attention_map(fn: Callable[..., torch.Tensor]) -> None:
+    """``fn(features, size, p)`` -> (N, size*size): sum_c |F_c|**p, average-pooled to size x size, flattened, unit L2 norm
+    per example (an all-zero example stays zero). A torch tensor that gradients flow through; float64 is accepted."""
+    import torch.nn.functional as F
+
+    from .distillation import pooled_attention_map
+
+    name = "check_pooled_attention_map"
+    torch.manual_seed(25)
+    cases = [((2, 8, 24, 24), 8, 2), ((3, 4, 24, 24), 12, 1), ((2, 5, 8, 8), 8, 2), ((3, 6, 12, 12), 4, 4), ((3, 5, 24, 24), 8, 2),
+             ((2, 3, 12, 6), 3, 2)]  # fmt: skip
+    for shape, size, p in cases:
+        features = torch.randn(*shape) * torch.rand(shape[0], 1, 1, 1) * 5
+        zero_row = shape == (3, 5, 24, 24)
+        if zero_row:
+            features[1] = 0.0
+        case = f"features {shape} to {size}x{size}, p = {p}" + (" (example 1 all zeros)" if zero_row else "")
+        features.requires_grad_(True)
+        expected = pooled_attention_map(features, size, p)
+        weights = torch.randn(expected.shape)
+        expected_grad = torch.autograd.grad((expected * weights).sum(), features)[0]
+        argument = features.detach().clone().requires_grad_(True)
+        got = _call(name, case, fn, argument, size, p)
+        if not isinstance(got, torch.Tensor):
+            fail(
+                name,
+                case,
+                "a torch tensor",
+                type(got).__name__,
+                "stay in torch (no .numpy()): the map is used in a loss and needs gradients",
+            )
+        if not torch.equal(argument.detach(), features.detach()):
+            fail(name, case, "features left unchanged", "modified in place", "use features.abs(), not features.abs_() or pow_")
+        if tuple(got.shape) != tuple(expected.shape):
+            fail(
+                name,
+                case,
+                f"shape {tuple(expected.shape)}",
+                f"shape {tuple(got.shape)}",
+                "pool (N, 1, H, W) with a kernel of (H // size, W // size) (or F.adaptive_avg_pool2d(m, size)), then flatten",
+            )
+        if not torch.all(torch.isfinite(got)):
+            fail(
+                name,
+                case,
+                "finite maps (zeros for an all-zero example)",
+                "NaN or inf",
+                "guard the norm: F.normalize or norm.clamp_min(1e-12)",
+            )
+        if not torch.allclose(got.detach().double(), expected.detach().double(), atol=1e-6):
+            hint = "|F|**p summed over channels, then average-pooled to size x size, then flattened and divided by its L2 norm"
+            energy = features.detach().abs().pow(p).sum(1, keepdim=True)
+            k = (shape[2] // size, shape[3] // size)
+            for other, why in (
+                (
+                    F.normalize(F.max_pool2d(energy, k).flatten(1), dim=1),
+                    "average-pool (F.avg_pool2d), not max-pool: every pixel's energy counts",
+                ),
+                (
+                    F.normalize(F.avg_pool2d(features.detach(), k).abs().pow(p).sum(1).flatten(1), dim=1),
+                    "pool the energy sum_c |F_c|**p, not the features: averaging signed activations first cancels them",
+                ),
+                (F.avg_pool2d(energy, k).flatten(1), "normalise each example's pooled map to unit L2 norm"),
+                (
+                    F.avg_pool2d(F.normalize(energy.flatten(1), dim=1).view_as(energy), k).flatten(1),
+                    "pool first, then normalise (normalising first leaves a map whose norm is not 1)",
+                ),
+            ):
+                if torch.allclose(got.detach().double(), other.double(), atol=1e-6):
+                    hint = why
+                    break
+            fail(name, case, expected[0, :4].tolist(), got[0, :4].tolist(), hint)
+        if not got.requires_grad:
+            fail(
+                name,
+                case,
+                "a map that gradients flow through",
+                "a tensor without grad",
+                "do not detach the features or use torch.no_grad()",
+            )
+        grad = torch.autograd.grad((got * weights.to(got.dtype)).sum(), argument, allow_unused=True)[0]
+        if grad is not None and not torch.all(torch.isfinite(grad)):
+            fail(
+                name,
+                case,
+                "finite gradients (zero for an all-zero example)",
+                "NaN or inf in the gradient",
+                "the gradient of sqrt at 0 is infinite: take the norm with .norm(dim=1) or F.normalize, whose gradient at 0 is 0",
+            )
+        if grad is None or not torch.allclose(grad.double(), expected_grad.double(), rtol=1e-4, atol=1e-6):
+            fail(
+                name,
+                case,
+                "the gradient of the reference map",
+                "none or different",
+                "build the map from features with differentiable torch ops",
+            )
+    passed(
+        name,
+        f"{len(cases)} feature maps (24x24 to 8x8 and 12x12, a non-square map, an all-zero example): pooled, unit norm, gradients intact",
+    )
+
+
 # ----------------------------------------------------------------------------- chapter 08: low-rank factorization
 
 

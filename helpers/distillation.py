@@ -93,6 +93,59 @@ def distillation_loss(student_logits: Array, teacher_logits: Array, labels: Arra
     return alpha * soft + (1.0 - alpha) * hard
 
 
+def ensemble_soft_targets(teacher_logits: list[np.ndarray], T: float) -> np.ndarray:
+    """Soft targets of an ensemble: the mean over K teachers of ``softmax(logits_k / T)``, (batch, classes).
+
+    The arithmetic mean of the probabilities (a mixture), one of the two ensemble targets Hinton et al. (2015)
+    name (the other, the geometric mean, is what averaging logits gives): every teacher weighs the same
+    whatever its logit scale. ``teacher_logits`` is a list of K >= 1 arrays of one shape (batch, classes)."""
+    T = _check_t(T)
+    if not isinstance(teacher_logits, (list, tuple)) or not teacher_logits:
+        raise TypeError(f"teacher_logits must be a non-empty list of (batch, classes) arrays, got {type(teacher_logits).__name__}")
+    for k, z in enumerate(teacher_logits):
+        _check_logits(f"teacher_logits[{k}]", z)
+        if tuple(z.shape) != tuple(teacher_logits[0].shape):
+            raise ValueError(f"teacher_logits[{k}] has shape {tuple(z.shape)}, teacher 0 {tuple(teacher_logits[0].shape)}")
+    return np.mean([np.exp(log_softmax_t(np.asarray(z, dtype=np.float64), T)) for z in teacher_logits], axis=0)
+
+
+def _check_soft(student_logits: np.ndarray, soft_targets: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    _check_logits("student_logits", student_logits)
+    if np.shape(soft_targets) != np.shape(student_logits):
+        raise ValueError(f"soft_targets {np.shape(soft_targets)} must have the student's shape {np.shape(student_logits)}")
+    labels = np.asarray(labels)
+    if labels.shape != (len(student_logits),) or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be {len(student_logits)} integer class indices, got shape {labels.shape} dtype {labels.dtype}")
+    return labels
+
+
+def soft_target_loss(student_logits: np.ndarray, soft_targets: np.ndarray, labels: np.ndarray, T: float, alpha: float) -> float:
+    """``alpha * T**2 * mean_b KL(p_b || softmax(s_b / T)) + (1 - alpha) * mean_b CE(y_b, softmax(s_b))`` in numpy.
+
+    ``soft_targets`` p (batch, classes) are probabilities already at temperature T (e.g. :func:`ensemble_soft_targets`);
+    entries equal to 0 contribute 0 (0 log 0 = 0). ``labels`` (batch,) integer classes."""
+    T = _check_t(T)
+    labels = _check_soft(student_logits, soft_targets, labels, alpha)
+    p = np.asarray(soft_targets, dtype=np.float64)
+    log_q = log_softmax_t(student_logits, T)
+    p_log_p = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    kl = (p_log_p - p * log_q).sum(-1).mean()
+    ce = -log_softmax_t(student_logits, 1.0)[np.arange(len(labels)), labels].mean()
+    return float(alpha * T * T * kl + (1.0 - alpha) * ce)
+
+
+def soft_target_grad(student_logits: np.ndarray, soft_targets: np.ndarray, labels: np.ndarray, T: float, alpha: float) -> np.ndarray:
+    """Gradient of :func:`soft_target_loss` w.r.t. the student's logits, (batch, classes):
+    ``(alpha * T * (softmax(s / T) - p) + (1 - alpha) * (softmax(s) - onehot(y))) / batch``."""
+    T = _check_t(T)
+    labels = _check_soft(student_logits, soft_targets, labels, alpha)
+    onehot = np.eye(np.shape(student_logits)[1])[labels]
+    q_t, q_1 = softmax_t(np.asarray(student_logits, dtype=np.float64), T), softmax_t(np.asarray(student_logits, dtype=np.float64), 1.0)
+    return (alpha * T * (q_t - np.asarray(soft_targets, dtype=np.float64)) + (1.0 - alpha) * (q_1 - onehot)) / len(labels)
+
+
 # ----------------------------------------------------------------------------- feature distillation
 
 
@@ -122,6 +175,19 @@ def attention_map(features: torch.Tensor, p: int = 2) -> torch.Tensor:
     if features.dim() != 4:
         raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
     return F.normalize(features.abs().pow(p).sum(1).flatten(1), dim=1)
+
+
+def pooled_attention_map(features: torch.Tensor, size: int, p: int = 2) -> torch.Tensor:
+    """:func:`attention_map` at a coarser grid: ``sum_c |A_c|**p`` (N, H, W), average-pooled over blocks of
+    (H / size) x (W / size) pixels to (N, size, size), flattened and L2-normalised per example (an all-zero map
+    stays zero). Lets maps of different sizes be compared, e.g. a 24x24 conv1 with an 8x8 conv2."""
+    if features.dim() != 4:
+        raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
+    h, w = features.shape[-2:]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or h % size or w % size:
+        raise ValueError(f"size must be a positive int dividing the map's height and width {h}x{w}, got {size!r}")
+    energy = features.abs().pow(p).sum(1, keepdim=True)
+    return F.normalize(F.avg_pool2d(energy, (h // size, w // size)).flatten(1), dim=1)
 
 
 def attention_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, p: int = 2) -> torch.Tensor:

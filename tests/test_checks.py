@@ -708,6 +708,45 @@ WRONG.update(
     }
 )
 
+WRONG.update(
+    {
+        "check_ensemble_soft_targets": (
+            KD.ensemble_soft_targets,
+            [
+                lambda zs, T: KD.softmax_t(np.mean(zs, axis=0), T),  # averages the logits
+                lambda zs, T: np.sum([KD.softmax_t(z, T) for z in zs], axis=0),  # sum over the teachers
+                lambda zs, T: KD.softmax_t(zs[0], T),  # first teacher only
+            ],
+        ),
+        "check_soft_target_loss": (
+            KD.soft_target_loss,
+            [
+                lambda s, p, y, T, a: KD.soft_target_loss(s, p, y, T, 1 - a),  # alpha on the labels
+                lambda s, p, y, T, a: a * KD.soft_target_loss(s, p, y, T, 1.0),  # labels forgotten
+                lambda s, p, y, T, a: KD.soft_target_loss(s, p, y, T, a) * len(s),  # batch sum
+            ],
+        ),
+        "check_soft_target_grad": (
+            KD.soft_target_grad,
+            [
+                lambda s, p, y, T, a: -KD.soft_target_grad(s, p, y, T, a),  # sign
+                lambda s, p, y, T, a: KD.soft_target_grad(s, p, y, T, a) * len(s),  # no batch mean
+                lambda s, p, y, T, a: a * KD.soft_target_grad(s, p, y, T, 1.0),  # label part forgotten
+            ],
+        ),
+        "check_pooled_attention_map": (
+            KD.pooled_attention_map,
+            [
+                lambda f, size, p=2: torch.nn.functional.normalize(
+                    torch.nn.functional.max_pool2d(f.abs().pow(p).sum(1, keepdim=True), f.shape[2] // size).flatten(1), dim=1
+                ),  # max-pool
+                lambda f, size, p=2: KD.attention_map(torch.nn.functional.avg_pool2d(f, f.shape[2] // size), p),  # pools the features
+                lambda f, size, p=2: KD.pooled_attention_map(f, size, p) * 2,  # not unit norm
+            ],
+        ),
+    }
+)
+
 from helpers import lowrank as LR  # noqa: E402
 
 
