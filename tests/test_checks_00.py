@@ -118,11 +118,17 @@ FORWARD_WRONG: dict[str, Callable] = {
     "clips the bias in place": _relu_in_place_on_b,
     "W @ x.T (outputs by batch)": lambda x, W, b: np.maximum(0.0, W @ x.T + b[:, None]),
     "integer result": lambda x, W, b: np.maximum(0.0, x @ W.T + b).astype(np.int64),
-}
-FORWARD_RIGHT: dict[str, Callable] = {
+    # the exercise says numpy only, and the next lab cell feeds the result back into numpy (h @ W.T): a tensor is rejected
     "torch F.linear, returns a tensor": lambda x, W, b: torch.relu(
         nn.functional.linear(torch.from_numpy(x), torch.from_numpy(W), torch.from_numpy(b))
     ),
+    "numpy maths, wrapped in torch.from_numpy": lambda x, W, b: torch.relu(torch.from_numpy(x @ W.T + b)),
+    "a nested list": lambda x, W, b: np.maximum(0.0, x @ W.T + b).tolist(),
+}
+FORWARD_RIGHT: dict[str, Callable] = {
+    "torch F.linear, converted back with .numpy()": lambda x, W, b: torch.relu(
+        nn.functional.linear(torch.from_numpy(x), torch.from_numpy(W), torch.from_numpy(b))
+    ).numpy(),
     "float64 einsum": lambda x, W, b: np.clip(np.einsum("nk,mk->nm", x.astype(np.float64), W.astype(np.float64)) + b, 0, None),
     "in place on its own output": lambda x, W, b: (lambda y: (np.add(y, b, out=y), np.maximum(y, 0, out=y))[1])(x @ W.T),
     "np.where": lambda x, W, b: np.where(x @ W.T + b > 0, x @ W.T + b, 0.0),
@@ -215,3 +221,8 @@ def test_check_accepts(check: str, name: str, capsys: pytest.CaptureFixture) -> 
 def test_linear_forward_names_the_mutated_input() -> None:
     with pytest.raises(checks.CheckFailure, match="`x` changed in place"):
         checks.check_linear_forward(_zeroes_x_after_use)
+
+
+def test_linear_forward_says_numpy_when_given_a_tensor() -> None:
+    with pytest.raises(checks.CheckFailure, match="return a numpy array"):
+        checks.check_linear_forward(FORWARD_WRONG["numpy maths, wrapped in torch.from_numpy"])

@@ -202,6 +202,32 @@ def global_reversed_layers(weights, s):  # wrong: concatenates the layers in rev
     return {n: out[n] for n in weights}
 
 
+def global_sorted_names(weights, s):  # wrong: concatenates the layers sorted by name, not in the dict's order
+    out = global_right({n: weights[n] for n in sorted(weights)}, s)
+    return {n: out[n] for n in weights}
+
+
+def global_sorted_items(weights, s):  # wrong: the same, written as a loop over sorted(weights.items())
+    items = sorted(weights.items())
+    flat = np.concatenate([np.abs(w).ravel() for _, w in items])
+    keep = np.ones(flat.size, dtype=bool)
+    keep[np.argsort(flat, kind="stable")[: round(s * flat.size)]] = False
+    out, start = {}, 0
+    for name, w in items:
+        out[name] = keep[start : start + w.size].reshape(w.shape)
+        start += w.size
+    return out
+
+
+def global_entries_sorted(weights, s):  # correct: one list of (|w|, layer position, flat index), sorted as tuples
+    entries = sorted((float(v), li, j) for li, w in enumerate(weights.values()) for j, v in enumerate(np.abs(w).ravel()))
+    out = {n: np.ones(w.shape, dtype=bool) for n, w in weights.items()}
+    names = list(weights)
+    for _, li, j in entries[: round(s * len(entries))]:
+        out[names[li]].reshape(-1)[j] = False
+    return out
+
+
 def global_flat_masks(weights, s):  # wrong: masks left flat
     return {n: m.ravel() for n, m in global_right(weights, s).items()}
 
@@ -210,13 +236,15 @@ def global_per_layer(weights, s):  # wrong: per-layer, not global
     return {n: mask_stable(w, s) for n, w in weights.items()}
 
 
-GLOBAL_RIGHT = [global_right, global_torch, global_with(mask_lexsort)]
+GLOBAL_RIGHT = [global_right, global_torch, global_with(mask_lexsort), global_entries_sorted]
 GLOBAL_WRONG = [
     global_with(mask_argpartition),
     global_with(mask_default_argsort),
     global_with(mask_float),
     global_in_place,
     global_reversed_layers,
+    global_sorted_names,
+    global_sorted_items,
     global_flat_masks,
     global_per_layer,
 ]
@@ -231,6 +259,15 @@ def test_global_masks_accepts(fn) -> None:
 def test_global_masks_rejects(fn) -> None:
     with pytest.raises(checks.CheckFailure, match="expected"):
         checks.check_global_masks(fn)
+
+
+def test_global_masks_sorted_names_is_really_wrong_and_named_in_the_hint() -> None:
+    """Dict order is the documented tie rule across layers: with keys b, a the tie at |w| = 1 is pruned in b."""
+    weights = {"b": np.array([1.0, 2.0]), "a": np.array([1.0, 3.0])}
+    assert global_right(weights, 0.25)["b"].tolist() == [False, True]
+    assert global_sorted_names(weights, 0.25)["b"].tolist() == [True, True]
+    with pytest.raises(checks.CheckFailure, match="not sorted by name"):
+        checks.check_global_masks(global_sorted_names)
 
 
 # ----------------------------------------------------------------------------- gradual schedule

@@ -159,6 +159,16 @@ def nm_conv_along_kw(w, n=2, m=4):
     return mask.reshape(w.shape)
 
 
+def nm_stable_descending(w, n=2, m=4):
+    """Wrong: a stable sort of -|w| keeps the first n, so among ties it keeps the LOWER index (the rule prunes it first)."""
+    if w.shape[-1] % m:
+        raise ValueError("indivisible")
+    groups = np.abs(w).reshape(-1, m)
+    mask = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(mask, np.argsort(-groups, axis=1, kind="stable")[:, :n], True, axis=1)
+    return mask.reshape(w.shape)
+
+
 def nm_conv_not_transposed_back(w, n=2, m=4):
     """Wrong: masks in (out, kh, kw, in) order and reshapes (not transposes) back to the weight's shape."""
     if w.ndim != 4:
@@ -178,6 +188,7 @@ NM_WRONG = [
         nm_keeps_signed_largest,
         nm_prunes_n,
         nm_assert_instead_of_error,
+        nm_stable_descending,
     )
 ] + [nm_in_place, nm_conv_along_kw, nm_conv_not_transposed_back]
 
@@ -191,6 +202,28 @@ def test_nm_mask_accepts(fn):
 def test_nm_mask_rejects(fn):
     with pytest.raises(checks.CheckFailure):
         checks.check_nm_mask(fn)
+
+
+@pytest.mark.parametrize(
+    ("fn", "says"),
+    [
+        (conv_aware(nm_unstable_argsort), "stable sort"),
+        (conv_aware(nm_argpartition), "stable sort"),
+        (conv_aware(nm_topk), "stable sort"),
+        (conv_aware(nm_stable_descending), "stable sort"),
+        (conv_aware(nm_keeps_signed_largest), "n largest |w|"),
+        (nm_conv_along_kw, "input channels"),
+        (nm_conv_not_transposed_back, "input channels"),
+        (conv_aware(nm_float_mask), "boolean mask"),
+    ],
+    ids=lambda v: getattr(v, "__name__", v),
+)
+def test_nm_mask_hint_is_short_and_names_the_mistake(fn, says):
+    """A hint a learner reads at a glance (<= 130 characters) that names the likely mistake."""
+    with pytest.raises(checks.CheckFailure) as caught:
+        checks.check_nm_mask(fn)
+    hint = str(caught.value).split("hint:", 1)[1].strip()
+    assert says in hint and len(hint) <= 130, hint
 
 
 # ----------------------------------------------------------------------------- top_filters

@@ -317,6 +317,11 @@ def ranges_no_remove(model, x, relu_after):  # wrong: leaves the hooks behind
     return ranges
 
 
+def ranges_pre_hook_left(model, x, relu_after):  # wrong: removes its forward hooks but leaves a forward PRE-hook behind
+    model.register_forward_pre_hook(lambda mod, inp: None)
+    return ranges_reference(model, x, relu_after)
+
+
 def ranges_first_image(model, x, relu_after):  # wrong: only the first image of the batch
     return {k: v for k, v in ranges_reference(model, x[:1], relu_after).items()}
 
@@ -351,6 +356,7 @@ WRONG_RANGES = {
     "ReLU everywhere": ranges_relu_everywhere,
     "layer inputs": ranges_inputs,
     "hooks left": ranges_no_remove,
+    "a pre-hook left": ranges_pre_hook_left,
     "first image only": ranges_first_image,
     "mutates x": ranges_inplace_relu,
     "keyed by class": ranges_class_names,
@@ -387,11 +393,15 @@ WRONG_BIAS = {
     "mean weight scale": lambda b, sx, sw: np.round(b / (sx * sw.mean())).astype(np.int32),
     "input scale only": lambda b, sx, sw: np.round(b / sx).astype(np.int32),
     "int8": lambda b, sx, sw: np.round(b / (sx * sw)).astype(np.int8),
+    # float32 keeps ~7 digits: a realistic quotient near 1.2e5 that is 0.005 from a .5 tie rounds to the neighbouring integer
+    "float32": lambda b, sx, sw: np.round(np.float32(b) / (np.float32(sx) * np.float32(sw))).astype(np.int32),
+    "float32, two divisions": lambda b, sx, sw: np.round(b.astype(np.float32) / np.float32(sx) / sw.astype(np.float32)).astype(np.int32),
+    "torch float32": lambda b, sx, sw: torch.round(torch.from_numpy(b).float() / (sx * torch.from_numpy(sw).float())).to(torch.int32),
 }
 RIGHT_BIAS = {
     "reference": bias_reference,
     "np.rint, two divisions": lambda b, sx, sw: np.rint(b / sx / sw).astype(np.int32),
-    "float32": lambda b, sx, sw: np.round(np.float32(b) / (np.float32(sx) * np.float32(sw))).astype(np.int32),
+    "np.divide into a new float64 array": lambda b, sx, sw: np.round(np.divide(b, np.multiply(sx, sw, dtype=np.float64))).astype(np.int32),
     "torch int32": lambda b, sx, sw: torch.round(torch.from_numpy(b) / (sx * torch.from_numpy(sw))).to(torch.int32),
     "list comprehension": lambda b, sx, sw: np.array([round(v / (sx * s)) for v, s in zip(b, sw)], dtype=np.int32),
 }
@@ -641,6 +651,34 @@ def test_accepts_right(check: str, label: str, capsys: pytest.CaptureFixture) ->
     fn, _, right, args = CASES[check]
     fn(right[label], *args())
     assert capsys.readouterr().out.startswith(f"PASSED {check}")
+
+
+def test_activation_ranges_judges_a_fixed_function_fairly_after_a_leak() -> None:
+    """A leaky attempt fails and its hooks are removed; the fixed function then passes on the SAME model."""
+    model, x = _ranges_args()
+    with pytest.raises(checks.CheckFailure, match="still hooked"):
+        checks.check_activation_ranges(ranges_no_remove, model, x)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()), "the check should remove the hooks it caught"
+    checks.check_activation_ranges(ranges_reference, model, x)
+
+
+def test_activation_ranges_ignores_hooks_that_were_there_before() -> None:
+    """Only hooks added by this call are the learner's fault: a hook already on the model stays, and a correct function passes."""
+    model, x = _ranges_args()
+    seen = []
+    handle = model.fc1.register_forward_hook(lambda mod, inp, out: seen.append(1))
+    checks.check_activation_ranges(ranges_arithmetic, model, x)
+    assert handle.id in model.fc1._forward_hooks, "a hook the learner did not add must be left alone"
+    with pytest.raises(checks.CheckFailure, match="1 modules still hooked"):
+        checks.check_activation_ranges(ranges_pre_hook_left, model, x)
+    assert handle.id in model.fc1._forward_hooks and not model._forward_pre_hooks
+
+
+def test_bias_float32_is_really_wrong_on_realistic_scales() -> None:
+    b, sx, sw = np.array([-0.2219822529008637]), 0.00933485783094929, np.array([0.00019979524402900816])
+    assert bias_reference(b, sx, sw)[0] == -119021 and WRONG_BIAS["float32"](b, sx, sw)[0] == -119022
+    with pytest.raises(checks.CheckFailure, match="compute in float64"):
+        checks.check_bias_quantization(WRONG_BIAS["float32"])
 
 
 def test_activation_ranges_default_is_the_lab_model_fused_relu() -> None:

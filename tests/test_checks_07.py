@@ -91,6 +91,29 @@ def _kd_naive_log(s, t, T):
     return float(T * T * (p * (np.log(p) - np.log(q))).sum(-1).mean())  # overflows / 0 * log 0 near 1000
 
 
+def _kd_log_of_stable_softmax(s, t, T):  # wrong: a stable softmax, then np.log: a probability that underflows to 0 gives -inf
+    p, q = KD.softmax_t(t, T), KD.softmax_t(s, T)
+    return float(T * T * (p * (np.log(p) - np.log(q))).sum(-1).mean())
+
+
+def _kd_log_clipped(s, t, T):  # wrong: np.log(softmax + 1e-12) hides the -inf but caps log q at -27.6 instead of -2000
+    p, q = KD.softmax_t(t, T), KD.softmax_t(s, T)
+    return float(T * T * (p * (np.log(p + 1e-12) - np.log(q + 1e-12))).sum(-1).mean())
+
+
+def _kd_scipy_style_rel_entr(s, t, T):  # wrong: sum of p * log(p / q) on stable softmaxes: p / 0 = inf
+    p, q = KD.softmax_t(t, T), KD.softmax_t(s, T)
+    with np.errstate(divide="ignore"):
+        return float(T * T * (p * np.log(p / q)).sum(-1).mean())
+
+
+def _kd_logsumexp_by_hand(s, t, T):  # correct: log q = z - max - log(sum(exp(z - max))), per row, via np.logaddexp.reduce
+    zs, zt = s / T, t / T
+    lq = zs - np.logaddexp.reduce(zs, axis=-1, keepdims=True)
+    lp = zt - np.logaddexp.reduce(zt, axis=-1, keepdims=True)
+    return float(T * T * np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
+
+
 def _kd_swapped(s, t, T):
     lp, lq = _log_softmax(t, T), _log_softmax(s, T)
     return float(T * T * (np.exp(lq) * (lq - lp)).sum(-1).mean())
@@ -203,8 +226,11 @@ WRONG_KD = [
     _kd_cross_entropy_only,
     _kd_student_unsoftened,
     _kd_log2,
+    _kd_log_of_stable_softmax,
+    _kd_log_clipped,
+    _kd_scipy_style_rel_entr,
 ]
-RIGHT_KD = [KD.kd_loss, _kd_float32, _kd_torch_kl_div, _kd_torch_float32, _kd_entropy_form]
+RIGHT_KD = [KD.kd_loss, _kd_float32, _kd_torch_kl_div, _kd_torch_float32, _kd_entropy_form, _kd_logsumexp_by_hand]
 RIGHT_GRADS = [KD.kd_grad, _grad_float32, _grad_torch_autograd]
 
 # ----------------------------------------------------------------------------- torch: step, hint, attention
@@ -392,6 +418,18 @@ def test_kd_loss_hints_name_the_mistake() -> None:
     ):
         with pytest.raises(checks.CheckFailure, match=words):
             checks.check_kd_loss(wrong)
+
+
+def test_kd_loss_rejects_log_of_softmax_on_an_underflowing_student(capsys: pytest.CaptureFixture) -> None:
+    """student [[1000, -1000, 0]]: q_1 = exp(-2000) underflows to 0, so np.log(softmax) is -inf; log-sum-exp gives 1153.87."""
+    s, t = np.array([[1000.0, -1000.0, 0.0]]), np.array([[0.0, 1.0, 2.0]])
+    assert np.isclose(KD.kd_loss(s, t, 1.0), 1153.8655, rtol=1e-6)
+    with np.errstate(all="ignore"):
+        assert not np.isfinite(_kd_log_of_stable_softmax(s, t, 1.0))
+    with pytest.raises(checks.CheckFailure, match="not np.log"):
+        checks.check_kd_loss(_kd_log_of_stable_softmax)
+    checks.check_kd_loss(KD.kd_loss)  # and the PASSED line's claim about underflow is now backed by that case
+    assert "underflows to 0" in capsys.readouterr().out
 
 
 def test_mutation_and_eps_hints() -> None:

@@ -83,11 +83,35 @@ def _svd_float32(W, r):  # float32 computation on a float64 input
     return _svd_numpy(np.asarray(W, dtype=np.float32), r)
 
 
+def _svd_float32_returned_as_float64(W, r):  # float32 computation, cast back to float64: the dtype no longer tells
+    return tuple(a.astype(np.float64) for a in _svd_numpy(np.asarray(W, dtype=np.float32), r))
+
+
+def _svd_torch_float32(W, r):  # torch.linalg.svd on a float32 tensor of a float64 W
+    U, S, Vh = torch.linalg.svd(torch.from_numpy(W).float(), full_matrices=False)
+    return U[:, :r], S[:r], Vh[:r]
+
+
+def _svd_gram_float32(W, r):  # W rounded to float32 first (as a float32 tensor would be), then eigh of the Gram matrix
+    return tuple(a.astype(np.float64) for a in _svd_from_gram(np.asarray(W, dtype=np.float32), r))
+
+
 def _svd_list(W, r):  # a nested list, not arrays
     return [v.tolist() for v in _svd_numpy(W, r)][0]
 
 
-SVD_WRONG = [_svd_gram_ascending, _svd_gram_smallest, _svd_gram_unnormalised, _svd_in_place, _svd_eigenvalues, _svd_float32, _svd_list]
+SVD_WRONG = [
+    _svd_gram_ascending,
+    _svd_gram_smallest,
+    _svd_gram_unnormalised,
+    _svd_in_place,
+    _svd_eigenvalues,
+    _svd_float32,
+    _svd_list,
+    _svd_float32_returned_as_float64,
+    _svd_torch_float32,
+    _svd_gram_float32,
+]
 SVD_RIGHT = [_svd_numpy, _svd_float64, _svd_torch, _svd_flipped_signs, _svd_from_gram, LR.truncated_svd]
 
 # ----------------------------------------------------------------------------- low_rank_error
@@ -466,6 +490,19 @@ def test_correct_alternative_passes(name: str, index: int, capsys: pytest.Captur
 def test_float32_svd_on_a_float64_input_is_told_to_compute_in_float64() -> None:
     with pytest.raises(checks.CheckFailure, match="compute in float64"):
         checks.check_truncated_svd(_svd_float32)
+
+
+@pytest.mark.parametrize("fn", [_svd_float32, _svd_float32_returned_as_float64, _svd_torch_float32, _svd_gram_float32])
+def test_float32_on_the_way_leads_with_compute_in_float64(fn) -> None:
+    """Values that agree to float32 precision only: the hint starts with "compute in float64" (not "keep the LARGEST"),
+    and expected / got show enough digits to differ visibly."""
+    with pytest.raises(checks.CheckFailure) as error:
+        checks.check_truncated_svd(fn)
+    message = str(error.value)
+    hint = message.split("hint:", 1)[1].strip()
+    assert hint.startswith("compute in float64"), message
+    expected, got = (line.split(":", 1)[1].strip() for line in message.splitlines()[1:3])
+    assert expected != got, message
 
 
 def test_in_place_mutation_is_named() -> None:
