@@ -152,13 +152,70 @@ def pareto_plot(
     ax.set_xlabel("bytes on disk (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
-    _place_labels(ax, [(row["bytes"], 100 * row["accuracy"], str(row["name"])) for row in rows])
+    ax.margins(x=0.08)
+    _byte_ticks(ax)
+    segments = [((a["bytes"], 100 * a["accuracy"]), (b["bytes"], 100 * b["accuracy"])) for a, b in zip(best, best[1:])]
+    _place_labels(ax, [(row["bytes"], 100 * row["accuracy"], str(row["name"])) for row in rows], segments)
     return ax
 
 
-def _place_labels(ax: Axes, points: Sequence[tuple[float, float, str]]) -> None:
-    """Annotate each (x, y, text) point; each label takes the first offset where it overlaps no earlier label and stays inside the axes."""
-    ax.margins(x=0.08)
+def format_bytes(value: float) -> str:
+    """A byte count as a short tick label: ``1.5 MB``, ``200 kB``, ``950 B`` (decimal units)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= size:
+            return f"{float(f'{value / size:.3g}'):g} {unit}"
+    return f"{float(f'{value:.3g}'):g} B"
+
+
+def _byte_ticks(ax: Axes, fewest: int = 3) -> None:
+    """Label the log x-axis with plain byte sizes, choosing the coarsest of 1-2-5 / 1..9 / 0.1-step ticks giving ``fewest`` labels.
+
+    Matplotlib's default labels every minor tick as ``1.4x10^6`` when the range is under a decade, and those run into each
+    other; here the minor ticks stay unlabelled and the labelled ones are spaced on a readable grid.
+    """
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    lo, hi = ax.get_xlim()
+    if lo <= 0 or hi <= lo:  # nothing sensible to place (a single point of size 0 cannot be on a log axis anyway)
+        return
+    decades = range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+    grids = ([1.0], [1.0, 2.0, 5.0], [float(m) for m in range(1, 10)], [m / 10 for m in range(10, 100)])
+    ticks: list[float] = []
+    for mantissas in grids:
+        ticks = sorted({float(f"{m * 10.0**d:.3g}") for d in decades for m in mantissas if lo <= m * 10.0**d <= hi})
+        if len(ticks) >= fewest:
+            break
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: format_bytes(value)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(lo, hi)
+
+
+def _segment_hits_box(p: np.ndarray, q: np.ndarray, box) -> bool:  # noqa: ANN001 - a matplotlib Bbox
+    """Whether the display-space segment p-q passes through ``box`` (Liang-Barsky clipping)."""
+    t0, t1 = 0.0, 1.0
+    d = q - p
+    for delta, start, low, high in ((d[0], p[0], box.x0, box.x1), (d[1], p[1], box.y0, box.y1)):
+        if delta == 0:
+            if start < low or start > high:
+                return False
+            continue
+        ta, tb = sorted(((low - start) / delta, (high - start) / delta))
+        t0, t1 = max(t0, ta), min(t1, tb)
+        if t0 > t1:
+            return False
+    return True
+
+
+def _place_labels(
+    ax: Axes, points: Sequence[tuple[float, float, str]], segments: Sequence[tuple[tuple[float, float], tuple[float, float]]] = ()
+) -> None:
+    """Annotate each (x, y, text) point beside its marker.
+
+    Each label tries the positions around its marker (right, left, above, below, the diagonals, then the same a little
+    further out) and takes the first that overlaps no marker, no earlier label and no segment of the front line, and stays
+    inside the axes; when none is free it takes the one with the fewest collisions, so it never drifts away from its point.
+    """
     figure = ax.figure
     renderer = figure.canvas.get_renderer() if hasattr(figure.canvas, "get_renderer") else figure._get_renderer()
     inside = ax.get_window_extent(renderer)
@@ -168,14 +225,40 @@ def _place_labels(ax: Axes, points: Sequence[tuple[float, float, str]]) -> None:
     for x, y, _ in points:
         px, py = ax.transData.transform((x, y))
         placed.append(Bbox.from_extents(px - 5, py - 5, px + 5, py + 5))
-    offsets = [(dx, dy) for dy in (5, -14, 16, -25, 27, -36, 38) for dx in (5, -5)]
+    lines = [(ax.transData.transform(a), ax.transData.transform(b)) for a, b in segments]
+    # (dx, dy) in points, horizontal and vertical alignment of the text against that offset
+    ring = [
+        ((6, -3), "left", "baseline"),
+        ((-6, -3), "right", "baseline"),
+        ((0, 6), "center", "bottom"),
+        ((0, -7), "center", "top"),
+        ((5, 5), "left", "bottom"),
+        ((-5, 5), "right", "bottom"),
+        ((5, -6), "left", "top"),
+        ((-5, -6), "right", "top"),
+    ]
+    flush = [((4, 6), "right", "bottom"), ((-4, 6), "left", "bottom"), ((4, -7), "right", "top"), ((-4, -7), "left", "top")]
+    candidates = ring + flush + [((2 * dx, 2 * dy), ha, va) for (dx, dy), ha, va in ring[2:] + flush]
     for x, y, text in sorted(points, key=lambda p: (p[0], p[1])):
-        for dx, dy in offsets:
-            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=9, ha="left" if dx > 0 else "right")
-            box = label.get_window_extent(renderer)
-            fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
-            if fits and not any(box.overlaps(other) for other in placed):
+        label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(0, 0), fontsize=9)
+        width = label.get_window_extent(renderer).width * 72 / figure.dpi  # in points
+        # above and below, also slid sideways (the label still spans the marker's x)
+        slid = [((shift * width, dy), "center", va) for dy, va in ((6, "bottom"), (-7, "top")) for shift in (0.3, -0.3, 0.42, -0.42)]
+        best_cost, best_choice, best_box = None, candidates[0], None
+        for choice in candidates[:12] + slid + candidates[12:]:
+            offset, ha, va = choice
+            label.set_position(offset)
+            label.set_ha(ha)
+            label.set_va(va)
+            box = label.get_window_extent(renderer).padded(3.0)
+            outside = not (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1)
+            cost = 10 * outside + 3 * sum(box.overlaps(other) for other in placed) + sum(_segment_hits_box(p, q, box) for p, q in lines)
+            if best_cost is None or cost < best_cost:
+                best_cost, best_choice, best_box = cost, choice, box
+            if cost == 0:
                 break
-            if (dx, dy) != offsets[-1]:
-                label.remove()
-        placed.append(box)
+        offset, ha, va = best_choice
+        label.set_position(offset)
+        label.set_ha(ha)
+        label.set_va(va)
+        placed.append(best_box)

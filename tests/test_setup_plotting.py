@@ -186,3 +186,38 @@ def test_cpu_quota_reads_cgroup_v2_and_v1(tmp_path: Path) -> None:
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert helpers.cpu_quota(tmp_path) is None
     assert helpers.cpu_quota(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [("LeNet-300-100", 0.934, 1_069_205), ("LeNet-5", 0.958, 1_727_693)],  # chapter 00: under a decade of bytes
+        [
+            ("dense", 0.958, 1_727_693),
+            ("unstructured ~12x (timed dense; file CSR)", 0.957, 224_000),
+            ("structured (smaller dense)", 0.9575, 288_000),
+            ("2:4 (timed dense; file packed)", 0.959, 905_000),
+        ],  # chapter 02: long labels along a nearly flat front
+        [("CNN teacher", 0.958, 1_727_693), ("student", 0.941, 24_717), ("MLP teacher", 0.959, 5_110_037), ("int8 student", 0.939, 7_081)],
+    ],
+)
+def test_pareto_labels_stay_beside_their_points_clear_of_each_other_and_the_front(rows: list) -> None:
+    ax = plotting.pareto_plot([{"name": n, "accuracy": a, "bytes": b} for n, a, b in rows])
+    renderer = ax.figure.canvas.get_renderer()
+    ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert len(ticks) >= 3 and all("B" in t and "times" not in t and "^" not in t for t in ticks), ticks
+    assert not any(t.get_text() for t in ax.xaxis.get_minorticklabels())  # minor ticks unlabelled: no 1.4x10^6 pile-up
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+    assert len(boxes) == len(rows)
+    line = ax.transData.transform(ax.get_lines()[0].get_xydata())
+    for name, accuracy, size in rows:
+        box = boxes[name]
+        px, py = ax.transData.transform((size, 100 * accuracy))
+        gap = max(box.x0 - px, px - box.x1, 0) ** 2 + max(box.y0 - py, py - box.y1, 0) ** 2
+        assert gap**0.5 < 30, f"label {name!r} sits {gap**0.5:.0f} px from its point"
+        assert all(not box.overlaps(other) for other_name, other in boxes.items() if other_name != name), name
+        for a, b in zip(line, line[1:]):
+            assert not plotting._segment_hits_box(a, b, box), f"label {name!r} lies on the Pareto line"
+        inside = ax.get_window_extent(renderer)
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1, name
+    plt.close("all")
