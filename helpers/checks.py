@@ -2114,6 +2114,32 @@ def check_hint_loss(fn: Callable[..., torch.Tensor]) -> None:
     passed(name, "2 layer pairs: MSE through the regressor, teacher detached, gradients reach student and regressor")
 
 
+def _attention_gradient(
+    check: str, case: str, got: torch.Tensor, features: torch.Tensor, weights: torch.Tensor, expected_grad: torch.Tensor
+) -> None:
+    """Fail unless gradients of ``(got * weights).sum()`` reach ``features`` finite and equal to the reference's."""
+    __tracebackhide__ = True
+    if not got.requires_grad:
+        fail(check, case, "a map that gradients flow through", "a tensor without grad", "do not detach the features or use torch.no_grad()")
+    grad = torch.autograd.grad((got * weights.to(got.dtype)).sum(), features, allow_unused=True)[0]
+    if grad is not None and not torch.all(torch.isfinite(grad)):
+        fail(
+            check,
+            case,
+            "finite gradients (zero for an all-zero example)",
+            "NaN or inf in the gradient",
+            "the gradient of sqrt at 0 is infinite: take the norm with .norm(dim=1) or F.normalize, whose gradient at 0 is 0",
+        )
+    if grad is None or not torch.allclose(grad.double(), expected_grad.double(), rtol=1e-4, atol=1e-6):
+        fail(
+            check,
+            case,
+            "the gradient of the reference map",
+            "none or different",
+            "build the map from features with differentiable torch ops",
+        )
+
+
 def check_attention_map(fn: Callable[..., torch.Tensor]) -> None:
     """``fn(features, p)`` -> (N, H*W) maps sum_c |F_c|**p, L2-normalised per example (an all-zero map stays zero).
 
@@ -2162,31 +2188,7 @@ def check_attention_map(fn: Callable[..., torch.Tensor]) -> None:
                 got[0, :4].tolist(),
                 "|F|**p summed over channels, then divide each example's map by its L2 norm (dim 1 after flattening)",
             )
-        if not got.requires_grad:
-            fail(
-                name,
-                case,
-                "a map that gradients flow through",
-                "a tensor without grad",
-                "do not detach the features or use torch.no_grad()",
-            )
-        grad = torch.autograd.grad((got * weights.to(got.dtype)).sum(), argument, allow_unused=True)[0]
-        if grad is not None and not torch.all(torch.isfinite(grad)):
-            fail(
-                name,
-                case,
-                "finite gradients (zero for an all-zero example)",
-                "NaN or inf in the gradient",
-                "the gradient of sqrt at 0 is infinite: take the norm with .norm(dim=1) or F.normalize, whose gradient at 0 is 0",
-            )
-        if grad is None or not torch.allclose(grad.double(), expected_grad.double(), rtol=1e-4, atol=1e-6):
-            fail(
-                name,
-                case,
-                "the gradient of the reference map",
-                "none or different",
-                "build the map from features with differentiable torch ops",
-            )
+        _attention_gradient(name, case, got, argument, weights, expected_grad)
     passed(
         name, "5 feature maps incl. an all-zero example: channel sum of |F|^p, flattened, unit L2 norm, gradients intact, input unchanged"
     )
@@ -2477,31 +2479,7 @@ def check_pooled_attention_map(fn: Callable[..., torch.Tensor]) -> None:
                     hint = why
                     break
             fail(name, case, expected[0, :4].tolist(), got[0, :4].tolist(), hint)
-        if not got.requires_grad:
-            fail(
-                name,
-                case,
-                "a map that gradients flow through",
-                "a tensor without grad",
-                "do not detach the features or use torch.no_grad()",
-            )
-        grad = torch.autograd.grad((got * weights.to(got.dtype)).sum(), argument, allow_unused=True)[0]
-        if grad is not None and not torch.all(torch.isfinite(grad)):
-            fail(
-                name,
-                case,
-                "finite gradients (zero for an all-zero example)",
-                "NaN or inf in the gradient",
-                "the gradient of sqrt at 0 is infinite: take the norm with .norm(dim=1) or F.normalize, whose gradient at 0 is 0",
-            )
-        if grad is None or not torch.allclose(grad.double(), expected_grad.double(), rtol=1e-4, atol=1e-6):
-            fail(
-                name,
-                case,
-                "the gradient of the reference map",
-                "none or different",
-                "build the map from features with differentiable torch ops",
-            )
+        _attention_gradient(name, case, got, argument, weights, expected_grad)
     passed(
         name,
         f"{len(cases)} feature maps (24x24 to 8x8 and 12x12, a non-square map, an all-zero example): pooled, unit norm, gradients intact",
