@@ -2291,6 +2291,13 @@ def _soft_loss_cases() -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, fl
     for (case, s, p, T), alpha in zip(cases, alphas):
         labels = rng.integers(0, s.shape[1], len(s))
         out.append((f"{case}, alpha = {alpha}", s, p, labels, T, alpha))
+    # The student's softmax underflows: q = exp(-2000) is 0 in float64, so np.log(softmax) gives -inf where
+    # log-sum-exp gives -2000 (the label is that class, so both terms need the stable log).
+    underflow = np.array([[1000.0, -1000.0, 0.0]])
+    targets = ensemble_soft_targets([np.array([[0.0, 1.0, 2.0]])], 1.0)
+    out.append(
+        ("student [[1000, -1000, 0]] whose softmax underflows, label 1, T = 1, alpha = 0.5", underflow, targets, np.array([1]), 1.0, 0.5)
+    )
     return out
 
 
@@ -2330,7 +2337,7 @@ def check_soft_target_loss(fn: Callable[..., float]) -> None:
             if not np.isfinite(got):
                 hint = (
                     "0 log 0 = 0: soft targets may be exactly 0, take p log p only where p > 0 (np.where or scipy.special.xlogy); "
-                    "log q by log-sum-exp"
+                    "log q by log-sum-exp (z - max - log sum exp(z - max)), not np.log(softmax), which is -inf where softmax underflows"
                 )
             else:
                 for other, why in (
@@ -2356,7 +2363,11 @@ def check_soft_target_loss(fn: Callable[..., float]) -> None:
                         hint = why
                         break
             fail(name, case, f"{expected:.8g}", f"{got:.8g}", hint)
-    passed(name, f"{len(cases)} cases (alpha 0 to 1, T 1 to 10, logits near +-1000, soft targets with exact zeros); arguments unchanged")
+    passed(
+        name,
+        f"{len(cases)} cases (alpha 0 to 1, T 1 to 10, logits near +-1000, a softmax that underflows, soft targets with exact zeros); "
+        "arguments unchanged",
+    )
 
 
 def check_soft_target_grad(fn: Callable[..., np.ndarray]) -> None:

@@ -554,6 +554,12 @@ def _loss_eps(s, p, y, T, alpha):  # p log(p + eps): a correct answer within tol
     return _mixed(s, p, y, T, alpha, kl=(p * (np.log(p + 1e-12) - lq)).sum(-1).mean())
 
 
+def _loss_log_of_softmax(s, p, y, T, alpha):  # wrong: np.log of a stable softmax is -inf where the softmax underflows
+    with np.errstate(divide="ignore"):
+        lq, lq1 = np.log(KD.softmax_t(s, T)), np.log(KD.softmax_t(s, 1.0))
+    return _mixed(s, p, y, T, alpha, kl=(_xlogy(p) - np.where(p > 0, p * lq, 0.0)).sum(-1).mean(), ce=-lq1[np.arange(len(y)), y].mean())
+
+
 WRONG_SOFT_LOSS = [
     lambda s, p, y, T, a: _mixed(s, p, y, T, 1 - a),  # alpha on the labels
     lambda s, p, y, T, a: _mixed(s, p, y, T, a, t2=False),  # no T^2
@@ -566,6 +572,7 @@ WRONG_SOFT_LOSS = [
     _loss_inplace,
     lambda s, p, y, T, a: _mixed(s, p, y, T, a, kl=(_xlogy(p) - p * np.log(KD.softmax_t(s, 1.0) ** (1 / T))).sum(-1).mean()),  # q^(1/T)
     lambda s, p, y, T, a: _mixed(s, p, y, T, a, ce=0.0),  # labels forgotten
+    _loss_log_of_softmax,
 ]
 RIGHT_SOFT_LOSS = [KD.soft_target_loss, _loss_float32, _loss_torch, _loss_onehot_loop, _loss_eps]
 
