@@ -1875,34 +1875,6 @@ def _numpy_result(check: str, case: str, value: Any, shape: tuple[int, ...]) -> 
 SOFTMAX_IN_PLACE_HINT = "do not write into the input (z /= T, z -= max, np.exp(z, out=z)): write z = z / T, which makes a new array"
 
 
-def check_softmax_t(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
-    """``fn(logits, T)`` -> softmax(logits / T) over the last axis, finite for large logits; the input is not modified.
-
-    A float32 computation is accepted at float32 tolerance (1e-5 absolute, 1e-4 relative; float32 inputs near 1000 keep about 4 digits)."""
-    from .distillation import softmax_t
-
-    name = "check_softmax_t"
-    for case, s, _, T in _logit_cases():
-        expected = softmax_t(s, T)
-        argument = s.copy()
-        with np.errstate(all="ignore"):
-            raw = _call(name, case, fn, argument, T)
-        _unchanged(name, case, s, argument, "`logits`", SOFTMAX_IN_PLACE_HINT)
-        got, single = _numpy_result(name, case, raw, expected.shape)
-        if not np.all(np.isfinite(got)):
-            fail(name, case, "finite probabilities", "inf or NaN", "subtract each row's own maximum before exp (it cancels in the ratio)")
-        if not np.allclose(got, expected, rtol=1e-4 if single else 1e-9, atol=1e-5 if single else 1e-12):
-            row = int(np.argmax(np.abs(got - expected).max(axis=-1)))
-            fail(
-                name,
-                case,
-                f"row {row}: {np.round(expected[row, :4], 5).tolist()}",
-                f"row {row}: {np.round(got[row, :4], 5).tolist()}",
-                "divide the logits by T, subtract each row's maximum, then softmax along the last axis (each row sums to 1)",
-            )
-    passed(name, f"{len(_logit_cases())} cases incl. logits near +-1000 and a batch of one; the input left unchanged")
-
-
 def _float_result(check: str, case: str, value: Any) -> float:
     __tracebackhide__ = True
     if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -1912,97 +1884,6 @@ def _float_result(check: str, case: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (float, int, np.floating)):
         fail(check, case, "a float", f"{value!r} ({type(value).__name__})", "return one number, the batch mean, e.g. with float(...)")
     return float(value)
-
-
-def check_kd_loss(fn: Callable[[np.ndarray, np.ndarray, float], float]) -> None:
-    """``fn(student, teacher, T)`` -> T**2 * mean over the batch of KL(softmax(teacher/T) || softmax(student/T)).
-
-    Accepted within a relative 3e-4 (a float32 computation passes); inputs must not be modified."""
-    from .distillation import kd_loss, log_softmax_t
-
-    name = "check_kd_loss"
-    cases = _logit_cases() + [
-        # the student's softmax underflows to 0 (exp(-2000)): np.log(softmax) gives -inf, log-sum-exp gives -2000 (loss 1153.87)
-        (
-            "student [[1000, -1000, 0]], teacher [[0, 1, 2]], T = 1 (a logit gap of 2000)",
-            np.array([[1000.0, -1000.0, 0.0]]),
-            np.array([[0.0, 1.0, 2.0]]),
-            1.0,
-        ),
-    ]
-    for case, s, t, T in cases:
-        expected = kd_loss(s, t, T)
-        s_arg, t_arg = s.copy(), t.copy()
-        with np.errstate(all="ignore"):
-            got = _float_result(name, case, _call(name, case, fn, s_arg, t_arg, T))
-        _unchanged(name, case, s, s_arg, "`student_logits`", SOFTMAX_IN_PLACE_HINT)
-        _unchanged(name, case, t, t_arg, "`teacher_logits`", SOFTMAX_IN_PLACE_HINT)
-        if not np.isclose(got, expected, rtol=3e-4, atol=1e-7):
-            ratio = got / expected if expected else float("nan")
-            hint = "T**2 * sum_i p_i (log p_i - log q_i), p = teacher, q = student, both at temperature T; mean over the batch"
-            swapped = kd_loss(t, s, T)
-            if not np.isfinite(got):
-                hint = "compute log-probabilities stably (log-sum-exp after subtracting each row's max), not np.log(softmax)"
-            elif T != 1 and np.isclose(ratio, 1 / T**2, rtol=1e-3):
-                hint = "the T**2 factor is missing"
-            elif np.isclose(got, swapped, rtol=1e-4):
-                hint = "the KL is the wrong way round: KL(teacher || student) = sum p_teacher (log p_teacher - log q_student)"
-            elif len(s) > 1 and np.isclose(ratio, len(s), rtol=1e-3):
-                hint = "average over the batch, do not sum"
-            elif np.isclose(ratio, 1 / s.shape[1], rtol=1e-3):
-                hint = "sum over the classes and average over the batch only ('batchmean'), not over all elements"
-            elif np.isclose(
-                got, T * T * (np.exp(log_softmax_t(t, T)) * (log_softmax_t(t, T) - log_softmax_t(s, 1.0))).sum(-1).mean(), rtol=1e-4
-            ):
-                hint = "soften the student's logits by T too"
-            fail(name, case, f"{expected:.8g}", f"{got:.8g}", hint)
-    passed(
-        name,
-        f"{len(cases)} cases match T^2 KL(teacher || student), batch mean; stable for logits near +-1000 and for a student "
-        "probability that underflows to 0 (a logit gap of 2000)",
-    )
-
-
-def check_kd_grad(fn: Callable[[np.ndarray, np.ndarray, float], np.ndarray]) -> None:
-    """``fn(student, teacher, T)`` -> dL_KD / d(student logits), shape (batch, classes).
-
-    Accepted within 3e-4 of the largest entry (a float32 computation passes); inputs must not be modified."""
-    from .distillation import kd_grad
-
-    name = "check_kd_grad"
-    for case, s, t, T in _logit_cases():
-        expected = kd_grad(s, t, T)
-        s_arg, t_arg = s.copy(), t.copy()
-        with np.errstate(all="ignore"):
-            raw = _call(name, case, fn, s_arg, t_arg, T)
-        _unchanged(name, case, s, s_arg, "`student_logits`", SOFTMAX_IN_PLACE_HINT)
-        _unchanged(name, case, t, t_arg, "`teacher_logits`", SOFTMAX_IN_PLACE_HINT)
-        got, _ = _numpy_result(name, case, raw, expected.shape)
-        scale = np.abs(expected).max()
-        if not np.all(np.isfinite(got)) or np.abs(got - expected).max() > 3e-4 * scale + 1e-12:
-            hint = "T * (q - p) / batch: student minus teacher probabilities, both at temperature T"
-            if np.all(np.isfinite(got)) and np.abs(got).max() > 0:
-                ratio = float(np.sum(got * expected) / np.sum(expected * expected))
-                for factor, why in (
-                    (1 / T, "multiply by T (the T**2 of the loss times the 1/T of the softmax)"),
-                    (T, "the factor is T, not T**2"),
-                    (-1.0, "the sign: the gradient is q - p (student minus teacher)"),
-                    (len(s), "divide by the batch size (the loss is a batch mean)"),
-                ):
-                    if factor != 1 and np.allclose(got, factor * expected, rtol=1e-4, atol=1e-12):
-                        hint = why
-                        break
-                else:
-                    hint += f" (your result is not a multiple of it; best fit {ratio:.3g} x expected)"
-            row = int(np.argmax(np.abs(got - expected).max(axis=-1))) if np.all(np.isfinite(got)) else 0
-            fail(
-                name,
-                case,
-                f"row {row}: {np.round(expected[row, :4], 6).tolist()}",
-                f"row {row}: {np.round(got[row, :4], 6).tolist()}",
-                hint,
-            )
-    passed(name, f"{len(_logit_cases())} cases equal T (q - p) / B; inputs left unchanged")
 
 
 def check_distillation_step(fn: Callable[..., float]) -> None:
@@ -2138,64 +2019,6 @@ def _attention_gradient(
             "none or different",
             "build the map from features with differentiable torch ops",
         )
-
-
-def check_attention_map(fn: Callable[..., torch.Tensor]) -> None:
-    """``fn(features, p)`` -> (N, H*W) maps sum_c |F_c|**p, L2-normalised per example (an all-zero map stays zero).
-
-    A torch tensor is required (the map is used inside a loss, so gradients must flow); float64 is accepted."""
-    from .distillation import attention_map
-
-    name = "check_attention_map"
-    torch.manual_seed(21)
-    for shape, p in (((2, 8, 6, 6), 2), ((3, 4, 5, 7), 1), ((1, 50, 8, 8), 2), ((4, 3, 4, 4), 4), ((3, 5, 4, 4), 2)):
-        features = torch.randn(*shape) * torch.rand(shape[0], 1, 1, 1) * 5
-        zero_row = shape == (3, 5, 4, 4)
-        if zero_row:
-            features[1] = 0.0  # a dead feature map (all ReLUs off): its attention map is zero, not 0/0
-        case = f"features {shape}, p = {p}" + (" (example 1 all zeros)" if zero_row else "")
-        features.requires_grad_(True)
-        expected = attention_map(features, p)
-        weights = torch.randn(expected.shape)
-        expected_grad = torch.autograd.grad((expected * weights).sum(), features)[0]
-        argument = features.detach().clone().requires_grad_(True)
-        got = _call(name, case, fn, argument, p)
-        if not isinstance(got, torch.Tensor):
-            fail(
-                name,
-                case,
-                "a torch tensor",
-                type(got).__name__,
-                "stay in torch (no .numpy()): the map is used in a loss and needs gradients",
-            )
-        if not torch.equal(argument.detach(), features.detach()):
-            fail(name, case, "features left unchanged", "modified in place", "use features.abs(), not features.abs_() or pow_")
-        if tuple(got.shape) != tuple(expected.shape):
-            fail(name, case, f"shape {tuple(expected.shape)}", f"shape {tuple(got.shape)}", "sum over channels (dim 1), then flatten H x W")
-        if not torch.all(torch.isfinite(got)):
-            fail(
-                name,
-                case,
-                "finite maps (zeros for an all-zero example)",
-                "NaN or inf",
-                "guard the norm: divide by norm.clamp_min(1e-12) (or F.normalize)",
-            )
-        if not torch.allclose(got.detach().double(), expected.detach().double(), atol=1e-6):
-            fail(
-                name,
-                case,
-                expected[0, :4].tolist(),
-                got[0, :4].tolist(),
-                "|F|**p summed over channels, then divide each example's map by its L2 norm (dim 1 after flattening)",
-            )
-        _attention_gradient(name, case, got, argument, weights, expected_grad)
-    passed(
-        name, "5 feature maps incl. an all-zero example: channel sum of |F|^p, flattened, unit L2 norm, gradients intact, input unchanged"
-    )
-
-
-# Lab 07 exercises 1-3 and 6 apply the lecture's ideas somewhere new: an ensemble of two teachers, a loss on
-# soft targets given as probabilities (mixed with the labels) and its full gradient, attention maps of different sizes.
 
 
 def _ensemble_cases() -> list[tuple[str, list[np.ndarray], float]]:

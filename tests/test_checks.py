@@ -629,15 +629,6 @@ WRONG.update(
 from helpers import distillation as KD  # noqa: E402
 
 
-def _softmax_naive(z, T):
-    e = np.exp(z / T)
-    return e / e.sum(-1, keepdims=True)
-
-
-def _kl(p, q):
-    return (p * (np.log(p + 1e-300) - np.log(q + 1e-300))).sum(-1)
-
-
 def _distill_step(student, optimizer, x, y, t, T, alpha):
     loss = KD.distillation_loss(student(x), t, y, T, alpha)
     optimizer.zero_grad()
@@ -657,37 +648,8 @@ def _distill_step_swapped(student, optimizer, x, y, t, T, alpha):
     return _distill_step(student, optimizer, x, y, t, T, 1 - alpha)
 
 
-def _attention_map_unnormalised(f, p=2):
-    return f.abs().pow(p).sum(1).flatten(1)
-
-
 WRONG.update(
     {
-        "check_softmax_t": (
-            KD.softmax_t,
-            [
-                _softmax_naive,  # overflows for large logits
-                lambda z, T: KD.softmax_t(z, 1.0),  # ignores T
-                lambda z, T: np.exp(KD.log_softmax_t(z.T, T)).T if z.shape[0] > 1 else KD.softmax_t(z, T) * 0.99,  # wrong axis
-            ],
-        ),
-        "check_kd_loss": (
-            KD.kd_loss,
-            [
-                lambda s, t, T: KD.kd_loss(s, t, T) / T**2 if T != 1 else KD.kd_loss(s, t, T) * 1.5,  # no T**2
-                lambda s, t, T: float(T * T * _kl(KD.softmax_t(s, T), KD.softmax_t(t, T)).mean()),  # KL(student || teacher)
-                lambda s, t, T: float(T * T * _kl(KD.softmax_t(t, T), KD.softmax_t(s, T)).sum()),  # batch sum
-                lambda s, t, T: float(T * T * _kl(KD.softmax_t(t, T), KD.softmax_t(s, 1.0)).mean()),  # student not softened
-            ],
-        ),
-        "check_kd_grad": (
-            KD.kd_grad,
-            [
-                lambda s, t, T: KD.kd_grad(s, t, T) / T,  # missing T
-                lambda s, t, T: -KD.kd_grad(s, t, T),  # sign
-                lambda s, t, T: KD.kd_grad(s, t, T) * len(s),  # no batch mean
-            ],
-        ),
         "check_distillation_step": (_distill_step, [_distill_step_no_zero_grad, _distill_step_swapped]),
         "check_hint_loss": (
             KD.hint_loss,
@@ -695,14 +657,6 @@ WRONG.update(
                 lambda fs, ft, r: torch.nn.functional.mse_loss(r(fs), ft),  # teacher not detached
                 lambda fs, ft, r: (r(fs) - ft.detach()).pow(2).sum(),  # sum, not mean
                 lambda fs, ft, r: (r(fs) - ft.detach()).abs().mean(),  # L1
-            ],
-        ),
-        "check_attention_map": (
-            KD.attention_map,
-            [
-                _attention_map_unnormalised,
-                lambda f, p=2: KD.attention_map(f, 1),  # ignores p
-                lambda f, p=2: torch.nn.functional.normalize(f.abs().pow(p).sum(1).flatten(1), dim=0),  # normalises over the batch
             ],
         ),
     }
