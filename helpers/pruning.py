@@ -91,23 +91,6 @@ def taylor_scores(w: Array, grad: Array) -> Array:
     return (w * grad).abs() if isinstance(w, torch.Tensor) else np.abs(w * grad)
 
 
-def taylor_batch_scores(w: Array, grads: Array) -> Array:
-    """Per-batch first-order Taylor importance (Molchanov et al. 2019): ``mean_b (w * g_b)**2``.
-
-    ``w`` has any shape S; ``grads`` stacks one gradient per mini-batch, shape (B, *S), each the
-    gradient of that batch's mean loss. Squaring *before* averaging keeps the signal that an
-    averaged gradient (near zero at a minimum) cancels out. Returns shape S, same kind as ``w``.
-    """
-    _check_array(w)
-    _check_array(grads, "grads")
-    if tuple(grads.shape[1:]) != tuple(w.shape):
-        raise ValueError(f"grads must have shape (batches, *w.shape) = (B, {', '.join(map(str, w.shape))}), got {tuple(grads.shape)}")
-    if isinstance(w, torch.Tensor):
-        g = grads if isinstance(grads, torch.Tensor) else torch.from_numpy(np.asarray(grads))
-        return ((w.detach() * g.to(w.dtype)) ** 2).mean(0)
-    return np.mean((w * _to_numpy(grads)) ** 2, axis=0)
-
-
 def accumulate_taylor_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """``{layer: mean over batches of (w * dL_b/dw)**2}`` for every prunable weight of ``model``.
 

@@ -470,14 +470,14 @@ def taylor_autograd_float64(model, batches):  # correct: torch.autograd.grad, fl
     return {n: t / len(batches) for n, t in totals.items()}
 
 
-def taylor_stacked(model, batches):  # correct: stack per-batch gradients, then P.taylor_batch_scores
+def taylor_stacked(model, batches):  # correct: stack per-batch gradients, then square and average over the stack
     grads = {n: [] for n in P.prunable_weights(model)}
     for x, y in batches:
         model.zero_grad()
         F.cross_entropy(model(x), y).backward()
         for n, w in P.prunable_weights(model).items():
             grads[n].append(w.grad.clone())
-    return {n: P.taylor_batch_scores(w.detach(), torch.stack(grads[n])) for n, w in P.prunable_weights(model).items()}
+    return {n: ((w.detach() * torch.stack(grads[n])) ** 2).mean(0) for n, w in P.prunable_weights(model).items()}
 
 
 def taylor_averaged_gradient(model, batches):  # wrong: averages the gradient first, squares once
@@ -574,13 +574,3 @@ def test_taylor_accepts(fn) -> None:
 def test_taylor_rejects(fn) -> None:
     with pytest.raises(checks.CheckFailure, match="expected"):
         checks.check_taylor_scores(fn)
-
-
-def test_taylor_helper_equals_the_stacked_formula() -> None:
-    torch.manual_seed(0)
-    w, grads = torch.randn(5, 7), torch.randn(4, 5, 7)
-    ref = ((w * grads) ** 2).mean(0)
-    assert torch.allclose(P.taylor_batch_scores(w, grads), ref)
-    assert np.allclose(P.taylor_batch_scores(w.numpy(), grads.numpy()), ref.numpy())
-    with pytest.raises(ValueError, match="grads"):
-        P.taylor_batch_scores(w, grads[:, :4])
