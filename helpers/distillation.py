@@ -24,6 +24,12 @@ def _check_t(T: float) -> float:
     return float(T)
 
 
+def _check_alpha(alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
 def _check_logits(name: str, logits: Array) -> None:
     if not isinstance(logits, (np.ndarray, torch.Tensor)):
         raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(logits).__name__}")
@@ -82,8 +88,7 @@ def kd_grad(student_logits: np.ndarray, teacher_logits: np.ndarray, T: float) ->
 
 def distillation_loss(student_logits: Array, teacher_logits: Array, labels: Array, T: float, alpha: float) -> Array:
     """``alpha * kd_loss + (1 - alpha) * cross_entropy(student_logits, labels)``; alpha in [0, 1]."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    _check_alpha(alpha)
     soft = kd_loss(student_logits, teacher_logits, T)
     if isinstance(student_logits, torch.Tensor):
         hard = F.cross_entropy(student_logits, torch.as_tensor(labels, dtype=torch.long))
@@ -110,8 +115,7 @@ def ensemble_soft_targets(teacher_logits: list[np.ndarray], T: float) -> np.ndar
 
 
 def _check_soft(student_logits: np.ndarray, soft_targets: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    _check_alpha(alpha)
     _check_logits("student_logits", student_logits)
     if np.shape(soft_targets) != np.shape(student_logits):
         raise ValueError(f"soft_targets {np.shape(soft_targets)} must have the student's shape {np.shape(student_logits)}")
@@ -246,8 +250,7 @@ def distill(
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    _check_alpha(alpha)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
     if not isinstance(batch_size, int) or batch_size < 1:
