@@ -1832,6 +1832,12 @@ def check_groupwise(fn: Callable[..., tuple[np.ndarray, np.ndarray]]) -> None:
     )
 
 
+# ----------------------------------------------------------------------------- chapter 05: quantization-aware training
+
+
+# ----------------------------------------------------------------------------- chapter 06: weight sharing and coding
+
+
 # ----------------------------------------------------------------------------- chapter 07: distillation
 
 
@@ -2854,3 +2860,12 @@ def check_tucker2_conv(fn: Callable[[nn.Conv2d, int, int], nn.Module]) -> None:
                 name, case, f"{formula:,} MACs (the Tucker-2 formula)", f"{macs:,}", "three convolutions: 1x1, kxk core, 1x1; nothing else"
             )
     passed(name, f"{len(cases)} convolutions (padding, no bias, full ranks): equal to the HOSVD block, MACs = formula, original untouched")
+
+
+# ----------------------------------------------------------------------------- chapter 09: compact architectures
+
+
+# ----------------------------------------------------------------------------- chapter 10: mixed-precision training
+
+
+# ----------------------------------------------------------------------------- chapter 12: transformer compression

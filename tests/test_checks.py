@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -813,6 +815,18 @@ def _sensitivity_args() -> tuple:
 
 
 EXTRA_ARGS["check_sensitivity_scan"] = _sensitivity_args
+
+# Chapters 05 and later keep their reference and wrong answers next to their other check tests, in
+# tests/test_checks_NN.py, as  CHECK_CASES = {"check_name": (reference, [wrong, ...], extra_args or None)}
+# where extra_args() returns the check's arguments after the learner's function. The generic tests
+# below run them too, and the coverage test counts them.
+for _path in sorted(Path(__file__).parent.glob("test_checks_[0-9][0-9].py")):
+    _cases = getattr(importlib.import_module(f"tests.{_path.stem}"), "CHECK_CASES", {})
+    for _name, (_reference, _wrong, _extra) in _cases.items():
+        assert _name not in WRONG, f"{_name} is registered twice ({_path.name} and test_checks.py)"
+        WRONG[_name] = (_reference, list(_wrong))
+        if _extra is not None:
+            EXTRA_ARGS[_name] = _extra
 
 
 def _slices(weights):
