@@ -2865,6 +2865,250 @@ def check_tucker2_conv(fn: Callable[[nn.Conv2d, int, int], nn.Module]) -> None:
 # ----------------------------------------------------------------------------- chapter 09: compact architectures
 
 
+def _cc_array(check: str, case: str, value: Any, shape: tuple, hint: str) -> np.ndarray:
+    """A learner's array (numpy or torch) of the expected shape, as float64 numpy; anything else fails with a hint."""
+    __tracebackhide__ = True
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.number):
+        fail(check, case, f"a numpy array of shape {shape}", f"{type(value).__name__}", hint)
+    if value.shape != shape:
+        fail(check, case, f"shape {shape}", f"shape {value.shape}", hint)
+    return value.astype(np.float64)
+
+
+def check_depthwise_conv2d(fn: Callable[..., np.ndarray]) -> None:
+    """``fn(x, w, stride=1, padding=0)`` -> depthwise convolution of x (N, C, H, W) with w (C, 1, k, k), no bias:
+    equal to ``torch.nn.functional.conv2d(x, w, stride=stride, padding=padding, groups=C)`` (cross-correlation, zero padding)."""
+    name = "check_depthwise_conv2d"
+    rng = np.random.default_rng(90)
+    cases = [
+        ((2, 3, 7, 7), 3, 1, 0, np.float64),
+        ((1, 4, 8, 6), 3, 1, 1, np.float64),  # rectangular image
+        ((2, 5, 9, 9), 3, 2, 1, np.float64),  # stride 2
+        ((1, 2, 10, 10), 5, 2, 2, np.float32),
+        ((3, 1, 5, 5), 1, 1, 0, np.float64),  # one channel, 1x1 kernel
+        ((1, 6, 8, 8), 3, 3, 0, np.float64),  # stride 3: 2x2 output
+        ((2, 3, 6, 7), 2, 2, 0, np.float32),  # even kernel, last column not covered
+    ]
+    for shape, k, stride, padding, dtype in cases:
+        x = rng.standard_normal(shape).astype(dtype)
+        w = rng.standard_normal((shape[1], 1, k, k)).astype(dtype)
+        x_before, w_before = x.copy(), w.copy()
+        expected = torch.nn.functional.conv2d(
+            torch.from_numpy(x).double(), torch.from_numpy(w).double(), stride=stride, padding=padding, groups=shape[1]
+        ).numpy()
+        case = f"x {shape} {np.dtype(dtype).name}, kernel {k}x{k}, stride {stride}, padding {padding}"
+        got = _call(name, case, fn, x, w, stride=stride, padding=padding)
+        _unchanged(name, case, x_before, x, "x")
+        _unchanged(name, case, w_before, w, "w")
+        got = _cc_array(
+            name,
+            case,
+            got,
+            expected.shape,
+            "one output channel per input channel; H' = (H + 2 padding - k) // stride + 1 (floor), the same for W'",
+        )
+        tol = 1e-9 if dtype == np.float64 else 1e-4
+        if not np.allclose(got, expected, rtol=tol, atol=tol):
+            flipped = torch.nn.functional.conv2d(
+                torch.from_numpy(x).double(),
+                torch.from_numpy(w[:, :, ::-1, ::-1].copy()).double(),
+                stride=stride,
+                padding=padding,
+                groups=shape[1],
+            )
+            hint = (
+                "do not flip the kernel: deep-learning 'convolution' is cross-correlation, out[r, s] = sum(patch * w[c, 0])"
+                if np.allclose(got, flipped.numpy(), rtol=tol, atol=tol)
+                else "channel c of the output uses only channel c of x and w[c, 0]; pad with zeros on all four sides; "
+                "step the window by `stride`"
+            )
+            fail(name, case, f"{np.round(expected.ravel()[:4], 4).tolist()}...", f"{np.round(got.ravel()[:4], 4).tolist()}...", hint)
+    passed(
+        name,
+        f"{len(cases)} cases (strides 1-3, padding 0-2, kernels 1-5, rectangular, float32) equal torch's groups=C conv, inputs unchanged",
+    )
+
+
+def check_conv_macs(fn: Callable[..., int]) -> None:
+    """``fn(c_in, c_out, kernel, height, width, stride=1, padding=0, groups=1)`` -> MACs of one Conv2d on one image,
+    equal to the hook count (:func:`helpers.metrics.count_macs`) of a real ``nn.Conv2d``."""
+    name = "check_conv_macs"
+    cases = [
+        (1, 16, 3, 28, 28, 2, 1, 1),
+        (16, 16, 3, 14, 14, 1, 1, 16),  # depthwise
+        (16, 32, 1, 14, 14, 1, 0, 1),  # pointwise
+        (24, 48, 1, 14, 14, 1, 0, 2),  # grouped 1x1
+        (32, 64, 3, 7, 7, 2, 1, 4),  # grouped, stride 2, odd size
+        (20, 50, 5, 12, 12, 1, 0, 1),  # LeNet-5's conv2
+        (6, 9, 3, 10, 8, 3, 0, 3),  # rectangular, stride 3
+        (8, 8, 3, 5, 5, 2, 0, 8),  # depthwise, stride 2 with a leftover row
+    ]
+    for c_in, c_out, k, h, w, stride, padding, groups in cases:
+        case = f"conv_macs({c_in}, {c_out}, kernel={k}, height={h}, width={w}, stride={stride}, padding={padding}, groups={groups})"
+        expected = count_macs(nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding, groups=groups), (1, c_in, h, w))
+        got = _as_int(name, case, _call(name, case, fn, c_in, c_out, k, h, w, stride=stride, padding=padding, groups=groups))
+        if got != expected:
+            fail(
+                name,
+                case,
+                f"{expected:,}",
+                f"{got:,}",
+                "MACs = c_out * H' * W' * (c_in / groups) * k * k with H' = (H + 2 padding - k) // stride + 1 (floor; the OUTPUT size)",
+            )
+    passed(name, f"{len(cases)} convolutions (standard, depthwise, pointwise, grouped, strided, rectangular) equal the hook count")
+
+
+def check_channel_shuffle(fn: Callable[[np.ndarray, int], np.ndarray]) -> None:
+    """``fn(x, groups)`` -> ShuffleNet's channel shuffle of x (N, C, H, W): output channel ``a * groups + b`` is
+    input channel ``b * (C / groups) + a`` (reshape to (N, groups, C/groups, H, W), swap axes 1 and 2, flatten)."""
+    from .architectures import shuffle_permutation
+
+    name = "check_channel_shuffle"
+    rng = np.random.default_rng(91)
+    cases = [
+        ((1, 12, 1, 1), 3),
+        ((2, 12, 3, 3), 4),
+        ((2, 8, 2, 5), 2),
+        ((1, 18, 2, 2), 3),
+        ((2, 6, 4, 4), 6),
+        ((1, 5, 3, 3), 1),
+        ((3, 24, 2, 2), 2),
+    ]
+    for shape, groups in cases:
+        x = rng.standard_normal(shape)
+        x[:, :, 0, 0] = np.arange(shape[1])  # the first pixel names its channel, so a wrong order is readable
+        x_before = x.copy()
+        expected = x[:, shuffle_permutation(shape[1], groups)]
+        case = f"x {shape}, groups {groups}"
+        got = _call(name, case, fn, x, groups)
+        _unchanged(name, case, x_before, x, "x")
+        got = _cc_array(name, case, got, shape, "return an array of the same shape as x: the channels reordered, nothing else")
+        if not np.array_equal(got, expected):
+            hint = "reshape to (N, groups, C // groups, H, W) (group first), swap axes 1 and 2, reshape back"
+            if np.array_equal(got, x):
+                hint = "the reshape alone changes nothing: swap the two channel axes (transpose) before flattening. " + hint
+            fail(
+                name,
+                case,
+                f"channel order {expected[0, :, 0, 0].astype(int).tolist()}",
+                f"{np.round(got[0, :, 0, 0], 2).tolist()}",
+                hint,
+            )
+    passed(name, f"{len(cases)} cases (C/groups != groups, groups = 1 and groups = C) equal the shuffle permutation, x unchanged")
+
+
+def check_inverted_residual(fn: Callable[[int, int, int, int], nn.Module]) -> None:
+    """``fn(c_in, c_out, expand, stride)`` -> an nn.Module computing MobileNetV2's inverted residual:
+    [1x1 conv c_in -> expand*c_in, BN, ReLU6] (omitted when expand == 1), 3x3 depthwise conv (stride, padding 1), BN,
+    ReLU6, 1x1 conv -> c_out, BN (no activation: the linear bottleneck); x added back iff stride == 1 and c_in == c_out.
+    Convs without bias. Its parameters, in ``.parameters()`` order, must match that layer order: the check copies the
+    reference block's weights and BN statistics into yours and compares outputs and MACs."""
+    from .architectures import InvertedResidual
+
+    name = "check_inverted_residual"
+    cases = [(8, 8, 6, 1), (8, 16, 4, 2), (16, 16, 1, 1), (8, 12, 2, 1), (12, 12, 3, 2)]
+    order = "expand conv (1x1), BN, depthwise conv (3x3, groups = hidden), BN, project conv (1x1), BN"
+    for c_in, c_out, expand, stride in cases:
+        case = f"inverted_residual(c_in={c_in}, c_out={c_out}, expand={expand}, stride={stride})"
+        torch.manual_seed(c_in * 100 + c_out + expand)
+        reference = InvertedResidual(c_in, c_out, expand, stride)
+        block = _call(name, case, fn, c_in, c_out, expand, stride)
+        if not isinstance(block, nn.Module):
+            fail(
+                name,
+                case,
+                "an nn.Module",
+                type(block).__name__,
+                "return the block, e.g. an nn.Module whose forward adds x back when it should",
+            )
+        ref_params, params = list(reference.parameters()), list(block.parameters())
+        ref_shapes, shapes = [tuple(p.shape) for p in ref_params], [tuple(p.shape) for p in params]
+        if shapes != ref_shapes:
+            fail(
+                name,
+                case,
+                f"parameters of shapes {ref_shapes}",
+                f"{shapes}",
+                f"layers in this order: {order}; no expand conv when expand == 1; the depthwise conv has groups = its channels "
+                "(weight (hidden, 1, 3, 3)); convs with bias=False",
+            )
+        ref_buffers = [b for b in reference.buffers() if b.is_floating_point()]
+        buffers = [b for b in block.buffers() if b.is_floating_point()]
+        if [tuple(b.shape) for b in buffers] != [tuple(b.shape) for b in ref_buffers]:
+            fail(
+                name,
+                case,
+                f"{len(ref_buffers)} BatchNorm statistics buffers",
+                f"{len(buffers)}",
+                f"one nn.BatchNorm2d after each conv: {order}",
+            )
+        generator = torch.Generator().manual_seed(c_in + 7 * c_out + stride)
+        with torch.no_grad():
+            for p in ref_params:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5 + (1.0 if p.dim() == 1 else 0.0))
+            for b in ref_buffers:
+                b.copy_(torch.rand(b.shape, generator=generator) + 0.5)
+            for mine, theirs in zip(params + buffers, ref_params + ref_buffers):
+                mine.copy_(theirs)
+        reference.eval()
+        block.eval()
+        x = torch.randn(2, c_in, 9, 9, generator=generator) * 4.0  # large enough to cross ReLU6's clip at 6
+        with torch.no_grad():
+            expected = reference(x)
+            try:
+                got = block(x)
+            except NotImplementedError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a shape error in the learner's forward becomes a check failure with a hint
+                fail(
+                    name,
+                    case,
+                    f"an output of shape {tuple(expected.shape)}",
+                    f"{type(error).__name__}: {str(error)[:120]}",
+                    "add x back only when stride == 1 and c_in == c_out (else the shapes differ); the stride goes on the depthwise conv",
+                )
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            fail(
+                name,
+                case,
+                f"output of shape {tuple(expected.shape)}",
+                f"{tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}",
+                "the stride belongs to the depthwise conv (padding 1); the projection maps to c_out channels",
+            )
+        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4):
+            fail(
+                name,
+                case,
+                f"{np.round(expected.flatten()[:4].numpy(), 3).tolist()}...",
+                f"{np.round(got.flatten()[:4].numpy(), 3).tolist()}...",
+                "ReLU6 (not ReLU) after the expand and the depthwise BN; NO activation after the projection BN; add x back only when "
+                "stride == 1 and c_in == c_out; the stride goes on the depthwise conv, not on the 1x1s",
+            )
+        expected_macs, macs = count_macs(reference, (1, c_in, 9, 9)), count_macs(block, (1, c_in, 9, 9))
+        if macs != expected_macs:
+            fail(
+                name,
+                case,
+                f"{expected_macs:,} MACs",
+                f"{macs:,}",
+                "the stride goes on the depthwise conv; every conv runs once per forward",
+            )
+        block.train()
+        out = block(x)
+        out.sum().backward()
+        if any(p.grad is None for p in params):
+            fail(
+                name,
+                case,
+                "gradients for every parameter",
+                "some parameter got no gradient",
+                "build the block from nn layers, no .detach() or numpy",
+            )
+    passed(name, f"{len(cases)} blocks (expand 1-6, stride 1-2, with and without the shortcut) equal the reference, MACs equal, trainable")
+
+
 # ----------------------------------------------------------------------------- chapter 10: mixed-precision training
 
 

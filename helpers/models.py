@@ -87,11 +87,19 @@ class Teacher(MLP):
         super().__init__(hidden=(800, 800), dropout=0.5)
 
 
-MODELS: dict[str, type[nn.Module]] = {"lenet300": LeNet300, "lenet5": LeNet5, "teacher": Teacher}
+from .architectures import MobileNetMNIST, ShuffleNetMNIST  # noqa: E402 - chapter 09's compact nets (no import cycle)
+
+MODELS: dict[str, type[nn.Module]] = {
+    "lenet300": LeNet300,
+    "lenet5": LeNet5,
+    "teacher": Teacher,
+    "mobilenet": MobileNetMNIST,
+    "shufflenet": ShuffleNetMNIST,
+}
 
 
 def build(name: str) -> nn.Module:
-    """A freshly initialised model by name: one of ``MODELS`` ('lenet300', 'lenet5', 'teacher')."""
+    """A freshly initialised model by name: one of ``MODELS`` ('lenet300', 'lenet5', 'teacher', 'mobilenet', 'shufflenet')."""
     if name not in MODELS:
         raise ValueError(f"name must be one of {sorted(MODELS)}, got {name!r}")
     return MODELS[name]()

@@ -26,6 +26,25 @@ RECIPES: dict[str, dict] = {
     "lenet5": {"epochs": 12, "batch_size": 64, "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4, "seed": 0},
     # chapter 07's teacher: dropout in the model plus input jitter (random shifts of up to 2 pixels)
     "teacher": {"epochs": 12, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "seed": 0, "jitter": 2},
+    # chapter 09's compact nets (helpers.architectures, default widths; ShuffleNet with 2 groups); lr 0.1 chosen on validation
+    "mobilenet": {
+        "epochs": 10,
+        "batch_size": 64,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "seed": 0,
+        "arch": "MobileNetMNIST(width=1.0)",
+    },
+    "shufflenet": {
+        "epochs": 10,
+        "batch_size": 64,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "seed": 0,
+        "arch": "ShuffleNetMNIST(groups=2)",
+    },
 }
 
 
@@ -159,7 +178,8 @@ def recipe_key(name: str) -> str:
 
 
 def pretrained(name: str, cache: Path | None = None, progress: bool = True, verbose: bool = True) -> nn.Module:
-    """The baseline ``name`` ('lenet300', 'lenet5' or 'teacher') trained with its fixed recipe, in eval mode on the CPU.
+    """The baseline ``name`` (a key of ``RECIPES``: 'lenet300', 'lenet5', 'teacher', 'mobilenet', 'shufflenet') trained with
+    its fixed recipe, in eval mode on the CPU.
 
     The first call trains it on the training split of the shipped MNIST subset (10 s to 40 s on a
     laptop CPU; it says so and prints a line per epoch unless ``progress=False``) and caches the
