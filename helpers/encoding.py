@@ -200,8 +200,11 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def share_model(model: nn.Module, bits: int | Mapping[str, int], init: str = "linear", iters: int = 50, seed: int = 0) -> nn.Module:
     """A copy of ``model`` whose Linear / Conv2d layers are :class:`SharedLayer` s (``bits`` per layer or one for all)."""
+    names = list(P.prunable_weights(model))
+    if isinstance(bits, Mapping) and set(bits) != set(names):
+        raise ValueError(f"bits must name every layer {names}, got {sorted(bits)}")
     shared = copy.deepcopy(model)
-    for name in P.prunable_weights(model):
+    for name in names:
         layer_bits = bits[name] if isinstance(bits, Mapping) else bits
         _set_module(shared, name, share_layer(shared.get_submodule(name), layer_bits, init=init, iters=iters, seed=seed))
     return shared
@@ -698,6 +701,8 @@ def encode_model(
         raise ValueError(f"the file stores only Linear/Conv2d layers; model also has {other}")
     out = bytearray(MAGIC + struct.pack("<B", VERSION) + struct.pack("<B", len(arch)) + arch.encode() + struct.pack("<H", len(layers)))
     value_coding, index_coding = _CODINGS[values], _CODINGS[index]
+    if isinstance(index_bits, Mapping) and set(index_bits) != set(layers):
+        raise ValueError(f"index_bits must name every layer {list(layers)}, got {sorted(index_bits)}")
     for name, layer in layers.items():
         kind = 0 if isinstance(layer, nn.Linear) or getattr(layer, "kind", "") == "linear" else 1
         shape = tuple(layer.weight.shape)

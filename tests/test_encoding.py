@@ -100,6 +100,10 @@ def test_share_model_keeps_zeros_and_uses_few_values() -> None:
         E.SharedLayer(nn.ReLU(), np.zeros(1), np.zeros(1), np.ones(1))
     with pytest.raises(ValueError, match="bits"):
         E.share_layer(nn.Linear(3, 3), 0)
+    with pytest.raises(ValueError, match="every layer"):
+        E.share_model(model, {"fc1": 2})
+    with pytest.raises(ValueError, match="every layer"):
+        E.encode_model(shared, "lenet300", index_bits={"fc1": 4})
 
 
 # ----------------------------------------------------------------------------- Huffman and bits
