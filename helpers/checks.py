@@ -1838,6 +1838,339 @@ def check_groupwise(fn: Callable[..., tuple[np.ndarray, np.ndarray]]) -> None:
 # ----------------------------------------------------------------------------- chapter 06: weight sharing and coding
 
 
+def _ws_array(check: str, case: str, value: Any, what: str, hint: str) -> np.ndarray:
+    """A learner's numpy array / torch tensor / list of numbers as a numpy array; anything else fails."""
+    __tracebackhide__ = True
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, (list, tuple)):
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray) or not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+        fail(check, case, f"{what} as a numpy array (or torch tensor)", f"{type(value).__name__}", hint)
+    return value
+
+
+def _lloyd_cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(61)
+    cases = [
+        ("200 normal values, 5 centroids (float64)", rng.standard_normal(200), np.linspace(-2, 2, 5)),
+        ("500 values, 16 centroids (float32)", rng.standard_normal(500).astype(np.float32), np.linspace(-2.5, 2.5, 16).astype(np.float32)),
+        ("ties: values exactly halfway between centroids", np.array([0.5, 1.5, 0.5, 2.0, 0.0]), np.array([0.0, 1.0, 2.0])),
+        ("empty clusters: no value near 10 or 20", rng.uniform(0, 1, 50), np.array([0.0, 10.0, 20.0])),
+        ("one centroid", rng.standard_normal(30), np.array([3.0])),
+        (
+            "a pruned layer's two lobes",
+            np.concatenate([rng.normal(-0.1, 0.02, 300), rng.normal(0.12, 0.03, 200)]),
+            np.linspace(-0.15, 0.2, 8),
+        ),
+    ]
+    return cases
+
+
+def check_lloyd_step(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+    """``fn(values, centroids)`` -> the centroids after one Lloyd iteration (k,): nearest-centroid assignment (ties: the lower
+    index; centroids are sorted), then each centroid moves to the mean of its values; a centroid with no value stays."""
+    from .encoding import lloyd_step
+
+    name = "check_lloyd_step"
+    cases = _lloyd_cases()
+    for case, values, centroids in cases:
+        v_before, c_before = values.copy(), centroids.copy()
+        got = _call(name, case, fn, values, centroids)
+        _unchanged(name, case, v_before, values, "values")
+        _unchanged(name, case, c_before, centroids, "centroids")
+        got = _ws_array(name, case, got, "the new centroids", "return the k new centroids (one number per centroid), not the labels")
+        expected = lloyd_step(v_before, c_before)[0]
+        if got.shape != expected.shape:
+            fail(name, case, f"shape {expected.shape}", f"shape {got.shape}", "one new value per centroid, in the centroids' order")
+        if not np.all(np.isfinite(got)):
+            fail(
+                name,
+                case,
+                np.round(expected, 5).tolist(),
+                np.round(got.astype(np.float64), 5).tolist(),
+                "an empty cluster (no value assigned) keeps its old centroid: no mean of an empty set (NaN), no 0",
+            )
+        tol = 1e-5 if values.dtype == np.float32 else 1e-10
+        if not np.allclose(got.astype(np.float64), expected, rtol=tol, atol=tol):
+            empty = np.setdiff1d(
+                np.arange(len(c_before)), np.unique(np.abs(v_before[:, None].astype(np.float64) - c_before[None]).argmin(1))
+            )
+            hint = "assign each value to the NEAREST centroid (argmin of |v - c|; on a tie the lower index), then take each cluster's MEAN"
+            if len(empty):
+                hint += f"; centroids {empty.tolist()} get no value here and must keep their old place"
+            fail(name, case, np.round(expected, 6).tolist(), np.round(got.astype(np.float64), 6).tolist(), hint)
+    passed(name, f"{len(cases)} cases (float64 and float32, ties, empty clusters, one centroid), inputs left unchanged")
+
+
+def _reference_centroid_grad(weight_grad: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    centroids = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    weight = centroids.index_select(0, indices.flatten()).view(indices.shape) * mask
+    (weight * weight_grad.double()).sum().backward()  # dL/dW = weight_grad, so dL/dc by the chain rule
+    return centroids.grad
+
+
+def check_centroid_gradient(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]) -> None:
+    """``fn(weight_grad, indices, mask, k)`` -> dL/dcentroids (k,): the sum of the gradients of the KEPT weights of each cluster,
+    compared with autograd through ``index_select`` (weight = centroids[indices] * mask)."""
+    name = "check_centroid_gradient"
+    gen = torch.Generator().manual_seed(62)
+    cases = []
+    for shape, k, keep, dtype in (
+        ((6, 9), 4, 0.7, torch.float32),
+        ((30, 20), 16, 0.1, torch.float32),
+        ((5, 5), 8, 1.0, torch.float64),
+        ((4, 3, 3, 3), 7, 0.5, torch.float32),
+    ):
+        indices = torch.randint(0, k - 1, shape, generator=gen)  # the last cluster gets no weight
+        mask = torch.rand(shape, generator=gen) < keep
+        cases.append(
+            (f"weight {tuple(shape)}, k={k}, {keep:.0%} kept, {dtype}", torch.randn(shape, generator=gen, dtype=dtype), indices, mask, k)
+        )
+    shape = (3, 4)
+    cases.append(
+        (
+            "every weight pruned (all gradients 0)",
+            torch.randn(shape, generator=gen),
+            torch.randint(0, 3, shape, generator=gen),
+            torch.zeros(shape, dtype=torch.bool),
+            3,
+        )
+    )
+    for case, grad, indices, mask, k in cases:
+        before = [grad.clone(), indices.clone(), mask.clone()]
+        got = _call(name, case, fn, grad, indices, mask, k)
+        for old, new, what in zip(before, (grad, indices, mask), ("weight_grad", "indices", "mask")):
+            _unchanged(name, case, old, new, what)
+        got = _ws_array(name, case, got, "the centroid gradient", "return a tensor of k numbers, one per centroid")
+        expected = _reference_centroid_grad(grad, indices, mask, k).numpy()
+        if got.shape != expected.shape:
+            fail(
+                name,
+                case,
+                f"shape {expected.shape}",
+                f"shape {got.shape}",
+                "one gradient per centroid, k of them, even for clusters with no weight "
+                "(torch.zeros(k).index_add_ or np.bincount(..., minlength=k))",
+            )
+        scale = float(np.abs(expected).max(initial=0.0)) + 1.0
+        if not np.allclose(got.astype(np.float64), expected, rtol=1e-5, atol=1e-5 * scale):
+            fail(
+                name,
+                case,
+                np.round(expected, 4).tolist(),
+                np.round(got.astype(np.float64), 4).tolist(),
+                "SUM (not mean) the gradients of each cluster's weights, and only of the kept ones (mask True): "
+                "a pruned weight is 0 whatever its centroid",
+            )
+    passed(
+        name, f"{len(cases)} cases equal autograd through index_select (an empty cluster, all pruned, a conv shape), inputs left unchanged"
+    )
+
+
+def _huffman_count_cases() -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(63)
+    fib = [1, 1]
+    while len(fib) < 12:
+        fib.append(fib[-1] + fib[-2])
+    return [
+        ("6 symbols (CLRS: 45, 13, 12, 16, 9, 5)", np.array([45, 13, 12, 16, 9, 5])),
+        ("16 random counts with zeros", np.where(rng.random(16) < 0.25, 0, rng.integers(1, 500, 16))),
+        ("two symbols", np.array([0, 900, 3])),
+        ("one symbol", np.array([0, 0, 42, 0])),
+        ("Fibonacci counts: codes up to 11 bits", np.array(fib)),
+        ("8 equal counts (ties everywhere)", np.full(8, 10)),
+        ("40 skewed counts", (1000 * rng.random(40) ** 4).astype(np.int64) + 1),
+    ]
+
+
+def check_code_lengths(fn: Callable[[np.ndarray], np.ndarray]) -> None:
+    """``fn(counts)`` -> Huffman code length per symbol (0 for a count of 0; one present symbol gets 1). Any optimal set of lengths
+    passes (ties can give several): the lengths must form a complete prefix code (Kraft sum 1) with the minimum total bits."""
+    from .encoding import huffman_code_lengths
+
+    name = "check_code_lengths"
+    cases = _huffman_count_cases()
+    for case, counts in cases:
+        before = counts.copy()
+        got = _call(name, case, fn, counts)
+        _unchanged(name, case, before, counts, "counts")
+        got = _ws_array(name, case, got, "the code lengths", "return one integer length per symbol, e.g. np.array(lengths)")
+        expected = huffman_code_lengths(before)
+        if got.shape != expected.shape or not np.all(np.equal(np.mod(got, 1), 0)):
+            fail(
+                name,
+                case,
+                f"{len(expected)} integer lengths",
+                f"shape {got.shape}, dtype {got.dtype}",
+                "one whole-number length per symbol, absent ones included",
+            )
+        got = got.astype(np.int64)
+        if not np.array_equal(got == 0, before == 0):
+            fail(
+                name,
+                case,
+                expected.tolist(),
+                got.tolist(),
+                "a symbol with count 0 gets length 0 (no code); every present symbol gets at least 1 bit, even when it is the only one",
+            )
+        present = got[before > 0]
+        kraft = float(np.sum(2.0 ** -present.astype(np.float64)))
+        if len(present) > 1 and abs(kraft - 1.0) > 1e-12:
+            fail(
+                name,
+                case,
+                f"lengths with Kraft sum 1, e.g. {expected.tolist()}",
+                f"{got.tolist()} (Kraft sum {kraft:.4g})",
+                "a symbol's length is its leaf's DEPTH in the Huffman tree: +1 for every merge above it (not ceil(-log2 p), not depth + 1)",
+            )
+        best, cost = int((before * expected).sum()), int((before * got).sum())
+        if cost != best:
+            fail(
+                name,
+                case,
+                f"{best} bits in total, e.g. lengths {expected.tolist()}",
+                f"{cost} bits with lengths {got.tolist()}",
+                "always merge the two LIGHTEST subtrees (a min-heap of (count, ...)); Shannon's ceil(-log2 p) is not optimal",
+            )
+    passed(name, f"{len(cases)} histograms: optimal, complete codes (one symbol, two, ties, 11-bit Fibonacci codes), counts left unchanged")
+
+
+def check_canonical_codes(fn: Callable[[np.ndarray], np.ndarray]) -> None:
+    """``fn(lengths)`` -> canonical code per symbol (an int; 0 for length 0): symbols sorted by (length, symbol) get consecutive
+    codes, shifted left by the growth in length (the DEFLATE rule)."""
+    from .encoding import canonical_codes, huffman_code_lengths
+
+    name = "check_canonical_codes"
+    cases = [
+        ("lengths [2, 1, 3, 3]", np.array([2, 1, 3, 3])),
+        ("with absent symbols", np.array([0, 2, 2, 0, 2, 2])),
+        ("one symbol", np.array([0, 1, 0])),
+    ]
+    cases += [(f"Huffman lengths of {case}", huffman_code_lengths(counts)) for case, counts in _huffman_count_cases() if "one" not in case]
+    for case, lengths in cases:
+        before = lengths.copy()
+        got = _call(name, case, fn, lengths)
+        _unchanged(name, case, before, lengths, "lengths")
+        got = _ws_array(name, case, got, "the codes", "return one integer code per symbol")
+        expected = canonical_codes(before).astype(np.int64)
+        if got.shape != expected.shape or not np.array_equal(got.astype(np.int64), expected):
+            fmt = lambda c, n: format(int(c), f"0{int(n)}b") if n else "-"  # noqa: E731
+            fail(
+                name,
+                case,
+                [fmt(c, n) for c, n in zip(expected, before)],
+                [fmt(c, n) for c, n in zip(np.ravel(got)[: len(before)], before)],
+                "sort the present symbols by (length, symbol); code = 0 for the first; then code = (code + 1) << (new length - old length)",
+            )
+    passed(name, f"{len(cases)} length tables give the canonical codes exactly, lengths left unchanged")
+
+
+def _stream_cases() -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    from .encoding import canonical_codes, huffman_code_lengths
+
+    rng = np.random.default_rng(64)
+    cases = []
+    for case, counts in _huffman_count_cases():
+        lengths = huffman_code_lengths(counts)
+        p = counts / counts.sum()
+        symbols = rng.choice(len(counts), size=int(rng.integers(1, 300)), p=p)
+        cases.append((f"{len(symbols)} symbols, code of {case}", symbols, canonical_codes(lengths).astype(np.int64), lengths))
+    lengths = np.array([1, 1])
+    cases.append(("no symbols at all", np.zeros(0, dtype=np.int64), canonical_codes(lengths).astype(np.int64), lengths))
+    return cases
+
+
+def _bits(data: bytes, nbits: int) -> str:
+    return "".join(format(b, "08b") for b in data)[:nbits]
+
+
+def check_huffman_encode(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple]) -> None:
+    """``fn(symbols, codes, lengths)`` -> ``(data, nbits)``: each symbol's code, ``lengths[s]`` bits, most significant bit first,
+    packed into bytes (the first bit is the top bit of the first byte; the last byte padded with 0 bits); ``nbits`` the bits written."""
+    from .encoding import encode_with_codes
+
+    name = "check_huffman_encode"
+    cases = _stream_cases()
+    for case, symbols, codes, lengths in cases:
+        before = [symbols.copy(), codes.copy(), lengths.copy()]
+        got = _call(name, case, fn, symbols, codes, lengths)
+        for old, new, what in zip(before, (symbols, codes, lengths), ("symbols", "codes", "lengths")):
+            _unchanged(name, case, old, new, what)
+        if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[0], (bytes, bytearray)):
+            fail(name, case, "a pair (bytes, nbits)", f"{type(got).__name__}", "return bytes(...) and the number of bits written")
+        data, nbits = bytes(got[0]), got[1]
+        expected, expected_bits = encode_with_codes(*before)
+        if _as_int(name, case, nbits) != expected_bits:
+            fail(
+                name,
+                case,
+                f"nbits = {expected_bits}",
+                f"{nbits}",
+                "count the code bits only (sum of lengths[s] over the symbols), not the padding",
+            )
+        if data != expected:
+            fail(
+                name,
+                case,
+                f"{len(expected)} bytes, first bits {_bits(expected, 48)}",
+                f"{len(data)} bytes, first bits {_bits(data, 48)}",
+                "write each code's bits from its MOST significant (bit lengths[s]-1) down to bit 0, fill bytes from their top bit, "
+                "pad the last byte with ZEROS at the end",
+            )
+    passed(name, f"{len(cases)} streams equal the reference bit for bit (one symbol, no symbols, long codes), inputs left unchanged")
+
+
+def check_huffman_decode(fn: Callable[[bytes, int, np.ndarray, int], np.ndarray]) -> None:
+    """``fn(data, nbits, lengths, count)`` -> the ``count`` symbols of a canonical code given by ``lengths``, read MSB-first from
+    the first ``nbits`` bits of ``data``; a stream that runs out of bits must raise ``ValueError``."""
+    from .encoding import encode_with_codes
+
+    name = "check_huffman_decode"
+    cases = _stream_cases()
+    for case, symbols, codes, lengths in cases:
+        data, nbits = encode_with_codes(symbols, codes, lengths)
+        lengths_before = lengths.copy()
+        got = _call(name, case, fn, data, nbits, lengths, len(symbols))
+        _unchanged(name, case, lengths_before, lengths, "lengths")
+        got = _ws_array(name, case, got, "the decoded symbols", "return the symbols as an array of ints")
+        if got.shape != symbols.shape or not np.array_equal(got.astype(np.int64), symbols):
+            fail(
+                name,
+                case,
+                symbols[:12].tolist(),
+                np.ravel(got)[:12].tolist(),
+                "read one bit at a time, MSB-first; after each bit compare (length so far, code so far) with the canonical table: "
+                "a code is only a match at ITS length (code 2 of 2 bits '10' is not code 2 of 3 bits '010')",
+            )
+    case, symbols, codes, lengths = cases[1]
+    data, nbits = encode_with_codes(symbols, codes, lengths)
+    short = nbits - int(lengths[symbols[-1]]) - 1  # the last code and one more bit cut off
+    try:
+        fn(data[: (short + 7) // 8], short, lengths, len(symbols))
+    except NotImplementedError:
+        raise
+    except ValueError:
+        pass
+    except Exception as error:  # noqa: BLE001
+        fail(
+            name,
+            "a truncated stream",
+            "ValueError",
+            f"{type(error).__name__}: {error}",
+            "check the position against nbits before reading a bit and raise ValueError('truncated ...')",
+        )
+    else:
+        fail(
+            name,
+            "a truncated stream",
+            "ValueError",
+            "no error (a silently wrong result)",
+            "when the bits run out before `count` symbols are decoded, raise ValueError: never return a partial or padded result",
+        )
+    passed(name, f"{len(cases)} streams decoded exactly, and a truncated stream raises ValueError")
+
+
 # ----------------------------------------------------------------------------- chapter 07: distillation
 
 
