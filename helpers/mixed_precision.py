@@ -89,7 +89,13 @@ FORMATS: dict[str, FloatFormat] = {
     "e5m2": FloatFormat("e5m2", 5, 2),
 }
 
-_NUMPY = {"fp32": np.float32, "fp16": np.float16, "bf16": ml_dtypes.bfloat16, "e4m3fn": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2}
+_NUMPY = {
+    "fp32": np.float32,
+    "fp16": np.float16,
+    "bf16": ml_dtypes.bfloat16,
+    "e4m3fn": ml_dtypes.float8_e4m3fn,
+    "e5m2": ml_dtypes.float8_e5m2,
+}
 _TORCH = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 _UINT = {8: np.uint8, 16: np.uint16, 32: np.uint32}
 
@@ -323,7 +329,9 @@ class DynamicLossScaler(StaticLossScaler):
 # ----------------------------------------------------------------------------- autocast and a mixed-precision step
 
 
-def autocast_output_dtypes(model: nn.Module, x: torch.Tensor, device_type: str = "cpu", dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.dtype]:
+def autocast_output_dtypes(
+    model: nn.Module, x: torch.Tensor, device_type: str = "cpu", dtype: torch.dtype = torch.bfloat16
+) -> dict[str, torch.dtype]:
     """The output dtype of every leaf module of ``model`` in one forward pass of ``x`` under ``torch.autocast``.
 
     Keys are module names (``named_modules``); hooks are removed afterwards.
