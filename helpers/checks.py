@@ -3147,4 +3147,86 @@ def check_autocast_dtypes(fn: Callable[..., dict]) -> None:
     )
 
 
+def _fp8_cases() -> list[tuple[str, torch.Tensor]]:
+    torch.manual_seed(105)
+    zero_row = torch.randn(6, 20) * 0.05
+    zero_row[2] = 0.0
+    outlier = torch.randn(8, 30) * 0.02
+    outlier[5, 7] = 3.0
+    return [
+        ("a Linear weight (300, 784) like LeNet-300-100's fc1", torch.randn(300, 784) * 0.03),
+        ("a Conv2d weight (50, 20, 5, 5)", torch.randn(50, 20, 5, 5) * 0.05),
+        ("a weight with an all-zero output channel (row 2)", zero_row),
+        ("a weight with one outlier (row 5)", outlier),
+        ("rows of very different scales", torch.randn(4, 16) * torch.tensor([[1e-3], [1.0], [30.0], [1e-5]])),
+    ]
+
+
+def check_fp8_per_channel(fn: Callable[[torch.Tensor], tuple]) -> None:
+    """``fn(w)`` -> ``(codes, scales)``: E4M3fn codes of ``w / scale`` (``torch.float8_e4m3fn`` or ml_dtypes ``float8_e4m3fn``) and
+    one float scale per output channel (dim 0), ``max|w_channel| / 448``, 1 for an all-zero channel; ``w`` unchanged."""
+    import ml_dtypes
+
+    from .mixed_precision import fp8_dequantize, fp8_quantize
+
+    name = "check_fp8_per_channel"
+    for case, w in _fp8_cases():
+        expected_codes, expected_scales = fp8_quantize(w, "e4m3fn", per_channel=True)
+        argument = w.clone()
+        got = _call(name, case, fn, argument)
+        _unchanged(name, case, w, argument, "`w`")
+        if not isinstance(got, tuple) or len(got) != 2:
+            fail(name, case, "a pair (codes, scales)", type(got).__name__, "return codes, scales")
+        codes, scales = got
+        if isinstance(codes, np.ndarray) and codes.dtype == ml_dtypes.float8_e4m3fn:
+            codes = torch.from_numpy(codes.view(np.uint8)).view(torch.float8_e4m3fn)
+        if not isinstance(codes, torch.Tensor) or codes.dtype != torch.float8_e4m3fn or tuple(codes.shape) != tuple(w.shape):
+            fail(
+                name,
+                case,
+                f"float8_e4m3fn codes of shape {tuple(w.shape)}",
+                f"{type(codes).__name__} {getattr(codes, 'dtype', '')} {tuple(getattr(codes, 'shape', ()))}",
+                "codes = (w / scale).to(torch.float8_e4m3fn): one byte per weight, in E4M3fn",
+            )
+        scales = torch.as_tensor(np.asarray(scales) if not isinstance(scales, torch.Tensor) else scales).double().reshape(-1)
+        if scales.numel() != w.shape[0]:
+            fail(
+                name,
+                case,
+                f"{w.shape[0]} scales (one per output channel, dim 0)",
+                f"{scales.numel()} scales",
+                "amax over every dim but 0: w.abs().flatten(1).amax(1)",
+            )
+        if not torch.allclose(scales, expected_scales.double(), rtol=1e-6, atol=0):
+            i = int(torch.argmax((scales - expected_scales.double()).abs()))
+            hint = "scale = max |w| of the channel / 448 (E4M3fn's largest value); an all-zero channel gets 1"
+            ratio = float(scales[i] / expected_scales[i]) if expected_scales[i] != 0 else float("nan")
+            if np.isclose(ratio, 448 / 57344, rtol=1e-4):
+                hint = "448 is E4M3fn's max; 57344 is E5M2's"
+            elif np.isclose(ratio, 448 / 240, rtol=1e-4):
+                hint = "E4M3fn's max is 448 (240 is the max of E4M3 with IEEE-style infinities / the fnuz variant)"
+            elif np.isclose(ratio, 448 / 127, rtol=1e-4):
+                hint = "that is int8's scale (amax / 127); fp8 E4M3fn's largest value is 448"
+            fail(name, f"{case}, channel {i}", f"{float(expected_scales[i]):.6g}", f"{float(scales[i]):.6g}", hint)
+        if not torch.equal(codes.float(), expected_codes.float()):
+            diff = (codes.float() != expected_codes.float()).flatten()
+            i = int(torch.nonzero(diff)[0])
+            hint = "codes = (w / scale) cast to torch.float8_e4m3fn, scale broadcast over the channel: scale.reshape(-1, 1, ...)"
+            if torch.equal(codes.float(), torch.round(expected_codes.float())):
+                hint = "do not round to integers: the fp8 cast does the rounding, to E4M3fn's own grid"
+            fail(name, f"{case}, weight {i}", float(expected_codes.flatten()[i].float()), float(codes.flatten()[i].float()), hint)
+        error = (fp8_dequantize(codes, scales.float()) - w).abs().max()
+        if not error <= w.abs().max() * 2.0**-4 + 1e-12:
+            fail(
+                name,
+                case,
+                "codes * scale within half an E4M3 step of w",
+                f"max error {float(error):.3g}",
+                "dequantize as codes.float() * scale",
+            )
+    passed(
+        name, f"{len(_fp8_cases())} weights (Linear, Conv2d, a zero channel, an outlier, mixed scales): E4M3fn codes and per-channel scales"
+    )
+
+
 # ----------------------------------------------------------------------------- chapter 12: transformer compression

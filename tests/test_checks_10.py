@@ -319,11 +319,72 @@ AUTOCAST_WRONG = [
 ]
 AUTOCAST_RIGHT = [MP.autocast_output_dtypes, _dtypes_with(), _dtypes_pre_hooks]
 
+# ----------------------------------------------------------------------------- fp8 per channel
+
+
+def _fp8_ref(w):
+    return MP.fp8_quantize(w, "e4m3fn", per_channel=True)
+
+
+def _fp8_numpy(w):  # numpy + ml_dtypes, scales as a numpy array
+    a = w.detach().numpy().astype(np.float64)
+    amax = np.abs(a.reshape(a.shape[0], -1)).max(1)
+    scales = np.where(amax > 0, amax / 448.0, 1.0).astype(np.float32)
+    codes = (a / scales.reshape(-1, *[1] * (a.ndim - 1)).astype(np.float64)).astype(np.float32).astype(ml_dtypes.float8_e4m3fn)
+    return codes, scales
+
+
+def _fp8_loop(w):  # channel by channel in torch
+    scales, codes = [], []
+    for row in w:
+        amax = row.abs().max()
+        scale = amax / 448 if amax > 0 else torch.tensor(1.0)
+        scales.append(scale)
+        codes.append((row / scale).to(torch.float8_e4m3fn))
+    return torch.stack(codes), torch.stack(scales)
+
+
+def _fp8_with(divisor=448.0, per_channel=True, fmt=torch.float8_e4m3fn, round_first=False):
+    def fn(w):
+        amax = w.abs().flatten(1).amax(1) if per_channel else w.abs().max().expand(w.shape[0])
+        scales = torch.where(amax > 0, amax / divisor, torch.ones_like(amax))
+        x = w / scales.reshape(-1, *[1] * (w.dim() - 1))
+        return (torch.round(x) if round_first else x).to(fmt), scales
+
+    return fn
+
+
+def _fp8_in_place(w):
+    amax = w.abs().flatten(1).amax(1)
+    scales = torch.where(amax > 0, amax / 448, torch.ones_like(amax))
+    w /= scales.reshape(-1, *[1] * (w.dim() - 1))  # divides the caller's weight
+    return w.to(torch.float8_e4m3fn), scales
+
+
+def _fp8_zero_channel_nan(w):
+    amax = w.abs().flatten(1).amax(1)
+    scales = amax / 448  # 0 for an all-zero channel: 0 / 0 = NaN codes
+    return (w / scales.reshape(-1, *[1] * (w.dim() - 1))).to(torch.float8_e4m3fn), scales
+
+
+FP8_WRONG = [
+    _fp8_with(per_channel=False),  # one scale for the tensor
+    _fp8_with(divisor=57344.0),  # E5M2's max
+    _fp8_with(divisor=240.0),  # the max of the fnuz / IEEE-style E4M3
+    _fp8_with(divisor=127.0),  # int8's qmax
+    _fp8_with(fmt=torch.float8_e5m2),  # the other fp8 format
+    _fp8_with(round_first=True),  # rounds to integers first
+    _fp8_in_place,
+    _fp8_zero_channel_nan,
+]
+FP8_RIGHT = [_fp8_ref, _fp8_numpy, _fp8_loop]
+
 CASES = {
     "check_decode_float": (DECODE_WRONG, DECODE_RIGHT),
     "check_kahan_sum": (KAHAN_WRONG, KAHAN_RIGHT),
     "check_dynamic_scaler": (SCALER_WRONG, SCALER_RIGHT),
     "check_autocast_dtypes": (AUTOCAST_WRONG, AUTOCAST_RIGHT),
+    "check_fp8_per_channel": (FP8_WRONG, FP8_RIGHT),
 }
 
 CHECK_CASES = {name: (right[0], wrong, None) for name, (wrong, right) in CASES.items()}
