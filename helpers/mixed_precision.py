@@ -34,6 +34,7 @@ __all__ = [
     "autocast_output_dtypes",
     "decode",
     "encode",
+    "encode_max_code",
     "flushed_fraction",
     "format_limits",
     "fp8_dequantize",
@@ -157,7 +158,7 @@ def encode(x: np.ndarray | Sequence[float] | float, fmt: FloatFormat | str, satu
 
     Overflow (a rounded magnitude above the largest finite value): +-inf in IEEE formats; NaN in
     ``finite_only`` formats (ml_dtypes' rule); with ``saturate=True`` +-max instead (torch's rule for
-    float8_e4m3fn). NaN in gives the format's NaN (sign kept).
+    float8_e4m3fn). An infinite input follows the same rule; NaN in gives the format's NaN (sign kept).
     """
     fmt = _format(fmt)
     a = np.asarray(x, dtype=np.float64)
@@ -180,10 +181,8 @@ def encode(x: np.ndarray | Sequence[float] | float, fmt: FloatFormat | str, satu
     max_code = int(encode_max_code(fmt))
     overflow = finite & (np.ldexp(significand.astype(np.float64), (exponent - m).astype(np.int32)) > _max_finite(fmt))
     nan_code = (e_all << m) | (2**m - 1 if fmt.finite_only else 2 ** (m - 1))
-    inf_code = max_code if (saturate or fmt.finite_only) else e_all << m
-    overflow_code = max_code if saturate else (nan_code if fmt.finite_only else e_all << m)
-    code = np.where(overflow, overflow_code, code)
-    code = np.where(np.isinf(mag), inf_code if (saturate or not fmt.finite_only) else nan_code, code)
+    too_big = max_code if saturate else (nan_code if fmt.finite_only else e_all << m)  # +-max, NaN, or +-inf
+    code = np.where(overflow | np.isinf(mag), too_big, code)  # an infinite input is treated as an overflow
     code = np.where(np.isnan(a), nan_code, code)
     return ((sign << (fmt.bits - 1)) | code).astype(_UINT[fmt.bits])
 
