@@ -3445,4 +3445,365 @@ def check_inverted_residual(fn: Callable[[int, int, int, int], nn.Module]) -> No
 # ----------------------------------------------------------------------------- chapter 10: mixed-precision training
 
 
+def _decode_cases() -> list[tuple[str, np.ndarray, int, int, bool]]:
+    rng = np.random.default_rng(101)
+    fp32 = rng.integers(0, 2**32, 4096, dtype=np.uint64).astype(np.uint32)
+    fp32[:6] = [0x00000001, 0x007FFFFF, 0x00800000, 0x7F7FFFFF, 0x7F800000, 0xFF800001]
+    return [
+        ("fp16 (E5M10), all 65,536 patterns", np.arange(2**16, dtype=np.uint16), 5, 10, False),
+        ("bf16 (E8M7), all 65,536 patterns", np.arange(2**16, dtype=np.uint16), 8, 7, False),
+        ("fp8 E4M3fn, all 256 patterns (finite_only: no inf, NaN only at S.1111.111)", np.arange(256, dtype=np.uint8), 4, 3, True),
+        ("fp8 E5M2, all 256 patterns", np.arange(256, dtype=np.uint8), 5, 2, False),
+        ("fp32, 4,096 random patterns and the special ones", fp32, 8, 23, False),
+        ("a 7-bit E3M3 format (IEEE rules), all 128 patterns", np.arange(128, dtype=np.uint8), 3, 3, False),
+    ]
+
+
+def check_decode_float(fn: Callable[..., np.ndarray]) -> None:
+    """``fn(bits, exponent_bits, mantissa_bits, finite_only)`` -> float64 values of unsigned bit patterns (any shape);
+    compared with the helper's decoder (itself equal to numpy, ml_dtypes and torch) on every pattern, NaN where NaN."""
+    from .mixed_precision import FloatFormat, decode
+
+    name = "check_decode_float"
+    for case, bits, e, m, finite_only in _decode_cases():
+        expected = decode(bits, FloatFormat("case", e, m, finite_only))
+        argument = bits.copy()
+        with np.errstate(all="ignore"):
+            raw = _call(name, case, fn, argument, e, m, finite_only)
+        _unchanged(name, case, bits, argument, "`bits`")
+        if isinstance(raw, torch.Tensor):
+            raw = raw.detach().cpu().numpy()
+        if not isinstance(raw, np.ndarray) or raw.dtype.kind != "f" or raw.shape != bits.shape:
+            fail(
+                name,
+                case,
+                f"a float numpy array of shape {bits.shape}",
+                f"{type(raw).__name__} {getattr(raw, 'dtype', '')} {getattr(raw, 'shape', '')}",
+                "return one float64 value per pattern (np.ldexp(...) on float64 arrays)",
+            )
+        got = raw.astype(np.float64)
+        both_nan = np.isnan(got) & np.isnan(expected)
+        wrong = ~(both_nan | (got == expected) | (np.isclose(got, expected, rtol=1e-12, atol=0) & np.isfinite(expected)))
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
+            code = int(bits.ravel()[i])
+            s, exp_field, man = code >> (e + m), (code >> m) & (2**e - 1), code & (2**m - 1)
+            hint = "normal: (-1)**s * (1 + M / 2**m) * 2**(E - bias), bias = 2**(e-1) - 1"
+            if exp_field == 0 and man != 0:
+                hint = "E = 0 is subnormal: (-1)**s * (M / 2**m) * 2**(1 - bias), no implicit leading 1, exponent 1 - bias (not -bias)"
+            elif exp_field == 2**e - 1:
+                hint = (
+                    "finite_only (E4M3fn): the all-ones exponent holds normal numbers; only E and M all ones is NaN, there is no inf"
+                    if finite_only
+                    else "IEEE: the all-ones exponent is inf when M = 0 (with the sign), NaN otherwise"
+                )
+            elif s and np.isfinite(expected.ravel()[i]) and got.ravel()[i] == -expected.ravel()[i]:
+                hint = "the top bit is the sign: value * -1 when it is set"
+            elif raw.dtype.itemsize < 8 and np.isclose(got.ravel()[i], expected.ravel()[i], rtol=1e-6):
+                hint = "compute in float64: float32 cannot hold every value exactly (fp32 subnormals, ldexp on float32)"
+            fail(
+                name,
+                f"{case}, pattern {code:#0{2 + (1 + e + m + 3) // 4}x} (sign {s}, exponent field {exp_field}, mantissa {man})",
+                repr(float(expected.ravel()[i])),
+                repr(float(got.ravel()[i])),
+                hint,
+            )
+    passed(
+        name,
+        f"{len(_decode_cases())} formats (fp16, bf16, E4M3fn, E5M2, fp32, E3M3): every pattern decoded exactly, inf/NaN rules included",
+    )
+
+
+def _kahan_cases() -> list[tuple[str, np.ndarray, type]]:
+    import ml_dtypes
+
+    rng = np.random.default_rng(102)
+    losses = np.exp(rng.normal(-7, 2.5, 3000)).astype(np.float32)  # many tiny values and a few large: like a trained model's losses
+    big_first = np.concatenate([[2048.0], rng.uniform(0.1, 0.9, 1500)]).astype(np.float32)
+    mixed = (rng.standard_normal(2000) * np.exp2(rng.integers(-12, 4, 2000))).astype(np.float32)
+    return [
+        ("3,000 loss-like values (lognormal), fp16", losses, np.float16),
+        ("2048 then 1,500 values in (0.1, 0.9), fp16", big_first, np.float16),
+        ("2,000 values of both signs and mixed sizes, fp16", mixed, np.float16),
+        ("3,000 loss-like values, bf16", losses, ml_dtypes.bfloat16),
+        ("2048 then 1,500 values in (0.1, 0.9), float32", big_first, np.float32),
+        ("one value, fp16", np.array([0.3], dtype=np.float32), np.float16),
+    ]
+
+
+def check_kahan_sum(fn: Callable[..., float]) -> None:
+    """``fn(values, dtype)`` -> Kahan's compensated sum of ``values`` in ``dtype`` (values first rounded to ``dtype``, every
+    operation rounded to ``dtype``), as a Python float. Kahan in a given dtype is deterministic: it must match within 1e-9."""
+    from .mixed_precision import kahan_sum, sequential_sum
+
+    name = "check_kahan_sum"
+    for case, values, dtype in _kahan_cases():
+        expected = kahan_sum(values, dtype)
+        argument = values.copy()
+        with np.errstate(all="ignore"):
+            got = _float_result(name, case, _call(name, case, fn, argument, dtype))
+        _unchanged(name, case, values, argument, "`values`")
+        if not np.isclose(got, expected, rtol=1e-9, atol=0):
+            exact = float(np.sum(values.astype(np.float64)))
+            hint = "y = v - c; t = s + y; c = (t - s) - y; s = t, each result rounded to dtype (e.g. np.float16(...))"
+            for other, why in (
+                (sequential_sum(values, dtype), "that is the plain running sum: carry the compensation c from step to step"),
+                (exact, "that is the exact (float64) sum: do every operation in `dtype`, the point is what fp16 can do"),
+                (float(np.sum(values.astype(dtype))), "that is np.sum (pairwise): write the loop, one value at a time"),
+                (
+                    float(np.sum(values.astype(dtype).astype(np.float64))),
+                    "every intermediate must be rounded to dtype, not kept in float64",
+                ),
+            ):
+                if np.isclose(got, other, rtol=1e-9, atol=0):
+                    hint = why
+                    break
+            fail(name, case, f"{expected!r} (exact float64 sum {exact:.6g})", repr(got), hint)
+    passed(name, f"{len(_kahan_cases())} sums in fp16, bf16 and float32 equal the reference Kahan sum; values unchanged")
+
+
+def _scaler_scripts() -> list[tuple[str, dict, int, set[int]]]:
+    from .mixed_precision import gradscaler_defaults
+
+    rng = np.random.default_rng(103)
+    scripts = [("GradScaler's defaults (read from torch), 4,500 steps", gradscaler_defaults(), 4500, {0, 1, 2, 2100, 4400})]
+    for k in range(4):
+        options = {
+            "init_scale": float(2.0 ** rng.integers(0, 20)),
+            "growth_factor": float(rng.choice([2.0, 1.5, 4.0])),
+            "backoff_factor": float(rng.choice([0.5, 0.25, 0.75])),
+            "growth_interval": int(rng.integers(1, 6)),
+        }
+        n = 60
+        infinite = set(np.flatnonzero(rng.random(n) < 0.2).tolist()) | {int(rng.integers(0, 5))}
+        scripts.append((f"random settings {k + 1}: {options}, {n} steps", options, n, infinite))
+    scripts.append(
+        (
+            "infinite twice in a row right after growth, growth_interval 2",
+            {"init_scale": 8.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2},
+            12,
+            {2, 3, 8},
+        )
+    )
+    return scripts
+
+
+def _gradscaler_replay(options: dict, n: int, infinite: set[int]) -> tuple[list[float], list[bool]]:
+    weight = nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([weight], lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", **options)
+    scales, taken = [], []
+    for step in range(n):
+        optimizer.zero_grad()
+        scaler.scale(weight.sum()).backward()
+        if step in infinite:
+            weight.grad.fill_(float("inf"))
+        before = weight.detach().clone()
+        scaler.step(optimizer)
+        scaler.update()
+        taken.append(not torch.equal(before, weight.detach()))
+        scales.append(float(scaler.get_scale()))
+    return scales, taken
+
+
+def check_dynamic_scaler(cls: Callable[..., Any]) -> None:
+    """``cls(init_scale, growth_factor, backoff_factor, growth_interval)``: an object with ``.scale`` and ``.update(found_inf) -> bool``
+    (whether the optimizer step is taken) that decides exactly like ``torch.amp.GradScaler("cpu")`` step by step."""
+    name = "check_dynamic_scaler"
+    for case, options, n, infinite in _scaler_scripts():
+        scales, taken = _gradscaler_replay(options, n, infinite)
+        scaler = _call(name, case, cls, **options)
+        start = _float_result(name, f"{case}, .scale before any step", _call(name, case, getattr, scaler, "scale"))
+        if not np.isclose(start, options["init_scale"], rtol=1e-12):
+            fail(name, case, f"scale {options['init_scale']} before the first step", start, "store init_scale in self.scale")
+        for step in range(n):
+            where = f"{case}, step {step} ({'inf' if step in infinite else 'finite'} gradients)"
+            did = _call(name, where, scaler.update, step in infinite)
+            if not isinstance(did, (bool, np.bool_)):
+                fail(
+                    name,
+                    where,
+                    "True or False (is the step taken?)",
+                    repr(did),
+                    "update() returns whether the optimizer step should be taken",
+                )
+            scale = _float_result(name, where, scaler.scale)
+            if bool(did) != taken[step] or not np.isclose(scale, scales[step], rtol=1e-5):  # GradScaler keeps its scale in float32
+                history = ", ".join(f"{'inf' if s in infinite else 'ok'}" for s in range(max(0, step - 4), step + 1))
+                hint = (
+                    "inf/NaN: skip the step (return False), scale *= backoff_factor, and restart the count of good steps; "
+                    "finite: count it, and when the count reaches growth_interval, scale *= growth_factor and restart the count"
+                )
+                if bool(did) != taken[step]:
+                    hint = "skip the step (return False) exactly when found_inf is True"
+                fail(
+                    name,
+                    f"{where}; the last steps: {history}",
+                    f"step taken {taken[step]}, scale {scales[step]:g}",
+                    f"step taken {bool(did)}, scale {scale:g}",
+                    hint,
+                )
+    passed(
+        name,
+        f"{len(_scaler_scripts())} scripted runs (defaults and random settings): same steps and scales as torch.amp.GradScaler",
+    )
+
+
+def _autocast_models() -> list[tuple[str, nn.Module, torch.Tensor]]:
+    from .models import MLP, LeNet5
+
+    torch.manual_seed(104)
+    normed = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.LayerNorm(32), nn.GELU(), nn.Linear(32, 10), nn.Softmax(dim=1))
+    conv_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    return [
+        ("LeNet-5", LeNet5().eval(), torch.rand(4, 1, 28, 28)),
+        ("an MLP with dropout (eval mode)", MLP(hidden=(16, 8), dropout=0.5).eval(), torch.rand(3, 1, 28, 28)),
+        ("Linear -> LayerNorm -> GELU -> Linear -> Softmax", normed.eval(), torch.rand(2, 1, 28, 28)),
+        ("Conv -> BatchNorm -> ReLU -> pool -> Linear", conv_bn.eval(), torch.rand(2, 1, 12, 12)),
+    ]
+
+
+def check_autocast_dtypes(fn: Callable[..., dict]) -> None:
+    """``fn(model, x)`` -> {name: output dtype} for every leaf module (no children) of ``model`` in one forward pass of ``x`` under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)``; keys as in ``model.named_modules()``; hooks removed, model unchanged."""
+    from .mixed_precision import autocast_output_dtypes
+
+    name = "check_autocast_dtypes"
+    for case, model, x in _autocast_models():
+        expected = autocast_output_dtypes(model, x)
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        argument = x.clone()
+        got = _call(name, case, fn, model, argument)
+        _unchanged(name, case, x, argument, "`x`")
+        leftover = [n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+        if leftover:
+            fail(
+                name,
+                case,
+                "no hooks left on the model",
+                f"hooks still on {leftover}",
+                "keep the handles of register_forward_hook and call handle.remove()",
+            )
+        changed = [k for k, v in model.state_dict().items() if v.dtype != before[k].dtype or not torch.equal(v, before[k])]
+        if changed:
+            fail(
+                name,
+                case,
+                "the model's parameters and buffers unchanged (fp32)",
+                f"changed: {changed[:3]}",
+                "autocast casts copies; do not call model.bfloat16() or model.half(), and run in eval mode under torch.no_grad()",
+            )
+        if not isinstance(got, dict):
+            fail(
+                name,
+                case,
+                "a dict {module name: torch.dtype}",
+                type(got).__name__,
+                "collect the output dtypes in a dict from forward hooks",
+            )
+        if set(got) != set(expected):
+            missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+            hint = "one entry per leaf module (no children), named as in model.named_modules(); not the model itself ('') or containers"
+            if not got:
+                hint = "register a forward hook on every leaf module before the forward pass"
+            fail(name, case, f"keys {sorted(expected)}", f"missing {missing}, extra {extra}", hint)
+        for key, dtype in expected.items():
+            if got[key] != dtype:
+                values = set(got.values())
+                hint = "the dtype of each module's OUTPUT (the hook's third argument), inside torch.autocast('cpu', dtype=torch.bfloat16)"
+                if values == {torch.float32}:
+                    hint = (
+                        "run the forward pass inside `with torch.autocast('cpu', dtype=torch.bfloat16):` (linear and conv then output bf16)"
+                    )
+                elif torch.float16 in values:
+                    hint = "autocast with dtype=torch.bfloat16 (the CPU's low-precision type here), not float16"
+                fail(name, f"{case}, module {key!r}", str(dtype), str(got[key]), hint)
+    passed(
+        name,
+        f"{len(_autocast_models())} models (conv, linear, norms, softmax): every leaf's bf16-autocast output dtype; hooks removed",
+    )
+
+
+def _fp8_cases() -> list[tuple[str, torch.Tensor]]:
+    torch.manual_seed(105)
+    zero_row = torch.randn(6, 20) * 0.05
+    zero_row[2] = 0.0
+    outlier = torch.randn(8, 30) * 0.02
+    outlier[5, 7] = 3.0
+    return [
+        ("a Linear weight (300, 784) like LeNet-300-100's fc1", torch.randn(300, 784) * 0.03),
+        ("a Conv2d weight (50, 20, 5, 5)", torch.randn(50, 20, 5, 5) * 0.05),
+        ("a weight with an all-zero output channel (row 2)", zero_row),
+        ("a weight with one outlier (row 5)", outlier),
+        ("rows of very different scales", torch.randn(4, 16) * torch.tensor([[1e-3], [1.0], [30.0], [1e-5]])),
+    ]
+
+
+def check_fp8_per_channel(fn: Callable[[torch.Tensor], tuple]) -> None:
+    """``fn(w)`` -> ``(codes, scales)``: E4M3fn codes of ``w / scale`` (``torch.float8_e4m3fn`` or ml_dtypes ``float8_e4m3fn``) and
+    one float scale per output channel (dim 0), ``max|w_channel| / 448``, 1 for an all-zero channel; ``w`` unchanged."""
+    import ml_dtypes
+
+    from .mixed_precision import fp8_dequantize, fp8_quantize
+
+    name = "check_fp8_per_channel"
+    for case, w in _fp8_cases():
+        expected_codes, expected_scales = fp8_quantize(w, "e4m3fn", per_channel=True)
+        argument = w.clone()
+        got = _call(name, case, fn, argument)
+        _unchanged(name, case, w, argument, "`w`")
+        if not isinstance(got, tuple) or len(got) != 2:
+            fail(name, case, "a pair (codes, scales)", type(got).__name__, "return codes, scales")
+        codes, scales = got
+        if isinstance(codes, np.ndarray) and codes.dtype == ml_dtypes.float8_e4m3fn:
+            codes = torch.from_numpy(codes.view(np.uint8)).view(torch.float8_e4m3fn)
+        if not isinstance(codes, torch.Tensor) or codes.dtype != torch.float8_e4m3fn or tuple(codes.shape) != tuple(w.shape):
+            fail(
+                name,
+                case,
+                f"float8_e4m3fn codes of shape {tuple(w.shape)}",
+                f"{type(codes).__name__} {getattr(codes, 'dtype', '')} {tuple(getattr(codes, 'shape', ()))}",
+                "codes = (w / scale).to(torch.float8_e4m3fn): one byte per weight, in E4M3fn",
+            )
+        scales = torch.as_tensor(np.asarray(scales) if not isinstance(scales, torch.Tensor) else scales).double().reshape(-1)
+        if scales.numel() != w.shape[0]:
+            fail(
+                name,
+                case,
+                f"{w.shape[0]} scales (one per output channel, dim 0)",
+                f"{scales.numel()} scales",
+                "amax over every dim but 0: w.abs().flatten(1).amax(1)",
+            )
+        if not torch.allclose(scales, expected_scales.double(), rtol=1e-6, atol=0):
+            i = int(torch.argmax((scales - expected_scales.double()).abs()))
+            hint = "scale = max |w| of the channel / 448 (E4M3fn's largest value); an all-zero channel gets 1"
+            ratio = float(scales[i] / expected_scales[i]) if expected_scales[i] != 0 else float("nan")
+            if np.isclose(ratio, 448 / 57344, rtol=1e-4):
+                hint = "448 is E4M3fn's max; 57344 is E5M2's"
+            elif np.isclose(ratio, 448 / 240, rtol=1e-4):
+                hint = "E4M3fn's max is 448 (240 is the max of E4M3 with IEEE-style infinities / the fnuz variant)"
+            elif np.isclose(ratio, 448 / 127, rtol=1e-4):
+                hint = "that is int8's scale (amax / 127); fp8 E4M3fn's largest value is 448"
+            fail(name, f"{case}, channel {i}", f"{float(expected_scales[i]):.6g}", f"{float(scales[i]):.6g}", hint)
+        if not torch.equal(codes.float(), expected_codes.float()):
+            diff = (codes.float() != expected_codes.float()).flatten()
+            i = int(torch.nonzero(diff)[0])
+            hint = "codes = (w / scale) cast to torch.float8_e4m3fn, scale broadcast over the channel: scale.reshape(-1, 1, ...)"
+            if torch.equal(codes.float(), torch.round(expected_codes.float())):
+                hint = "do not round to integers: the fp8 cast does the rounding, to E4M3fn's own grid"
+            fail(name, f"{case}, weight {i}", float(expected_codes.flatten()[i].float()), float(codes.flatten()[i].float()), hint)
+        error = (fp8_dequantize(codes, scales.float()) - w).abs().max()
+        if not error <= w.abs().max() * 2.0**-4 + 1e-12:
+            fail(
+                name,
+                case,
+                "codes * scale within half an E4M3 step of w",
+                f"max error {float(error):.3g}",
+                "dequantize as codes.float() * scale",
+            )
+    passed(
+        name, f"{len(_fp8_cases())} weights (Linear, Conv2d, a zero channel, an outlier, mixed scales): E4M3fn codes and per-channel scales"
+    )
+
+
 # ----------------------------------------------------------------------------- chapter 12: transformer compression
