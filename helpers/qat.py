@@ -566,9 +566,7 @@ def layer_bytes(n_weights: int, n_out: int, bits: int) -> int:
 # ----------------------------------------------------------------------------- mixed precision
 
 
-def allocate_bits(
-    sensitivity: Mapping[str, Mapping[int, float]], cost: Mapping[str, Mapping[int, float]], budget: float
-) -> dict[str, int]:
+def allocate_bits(sensitivity: Mapping[str, Mapping[int, float]], cost: Mapping[str, Mapping[int, float]], budget: float) -> dict[str, int]:
     """Per-layer bit widths minimising the summed sensitivity with the summed cost <= ``budget``.
 
     ``sensitivity[layer][bits]``: the damage of quantizing that layer alone at ``bits`` (e.g. the noise

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ptq
-from helpers import qat
+from helpers import ptq, qat
 from helpers.models import LeNet5, LeNet300
 
 
