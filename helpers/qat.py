@@ -153,8 +153,9 @@ def lsq_ste_reference(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
 def pact(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     """PACT (Choi et al. 2018): ``y = clamp(x, 0, alpha)`` quantized to ``2**bits - 1`` steps of ``alpha / (2**bits - 1)``.
 
-    Written with autograd and the STE, so ``d y / d alpha`` is 1 where ``x >= alpha`` and 0 elsewhere
-    (the paper's gradient), and ``d y / d x`` is 1 on ``0 < x < alpha``.
+    Written with autograd and the STE, the step ``alpha / (2**bits - 1)`` held constant in the backward pass
+    (as in the paper), so ``d y / d alpha`` is 1 where ``x >= alpha`` and 0 elsewhere, and ``d y / d x`` is 1
+    on ``0 < x < alpha``. (Letting the gradient flow through the step too would add LSQ's rounding-error term.)
     """
     if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
         raise ValueError(f"bits must be an int in [1, 16], got {bits!r}")
@@ -163,7 +164,7 @@ def pact(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     levels = 2**bits - 1
     y = torch.relu(x)
     y = torch.where(y < alpha, y, alpha)  # the clip: its gradient w.r.t. alpha is 1 where x >= alpha
-    scale = alpha / levels
+    scale = alpha.detach() / levels  # PACT's gradient flows through the clip only, not through the step
     return round_ste(y / scale) * scale
 
 
@@ -339,6 +340,8 @@ class QATNet(nn.Module):
         act_bits: activation width in [2, 16].
         weight_mode: "fixed", "lsq", "binary" or "ternary"; act_mode: "fixed", "lsq" or "pact" (PACT on the
             ReLU layers, LSQ on the others).
+        ranges: the calibrated (min, max) of the input and of each layer's output, as
+            :func:`helpers.ptq.calibrate` returns them for ``x_calib``; pass them to skip the calibration pass.
     """
 
     def __init__(
@@ -349,6 +352,7 @@ class QATNet(nn.Module):
         act_bits: int = 8,
         weight_mode: str = "lsq",
         act_mode: str = "lsq",
+        ranges: Sequence[tuple[float, float]] | None = None,
     ) -> None:
         super().__init__()
         import copy
@@ -371,7 +375,9 @@ class QATNet(nn.Module):
         self.relu = [op[2] for op in layers]
         self.kinds = [op[0] for op in layers]
         self.weight_q = nn.ModuleList(WeightQuantizer(m.weight, weight_mode, b) for m, b in zip(self.layers, weight_bits))
-        ranges = PTQ.calibrate(model, x_calib)
+        ranges = PTQ.calibrate(model, x_calib) if ranges is None else list(ranges)
+        if len(ranges) != len(layers) + 1:
+            raise ValueError(f"ranges must hold {len(layers) + 1} (min, max) pairs (the input and each layer's output), got {len(ranges)}")
         self.act_bits = act_bits
         acts = []
         for i, (lo, hi) in enumerate(ranges):
