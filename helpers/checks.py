@@ -2072,7 +2072,7 @@ def _qat_step_reference(layer: nn.Linear, step: torch.Tensor, x: torch.Tensor, y
     with torch.no_grad():
         for p, gr in zip(params, grads):
             p -= lr * gr
-    return float(loss)
+    return loss.item()
 
 
 def check_qat_step(fn: Callable[..., float]) -> None:

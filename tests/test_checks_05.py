@@ -276,7 +276,7 @@ def _step_optimizer(layer, step, x, y, lr, bits):  # correct: torch.optim.SGD an
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(loss)
+    return loss.item()
 
 
 def _step_variant(layer, step, x, y, lr, bits, *, quantize=True, detach=False, g=True, zero=True, update_step=True, after=False):
