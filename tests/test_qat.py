@@ -174,6 +174,12 @@ def test_qatnet_trains_every_mode_and_mixed_widths() -> None:
         qat.QATNet(model, x, 4, 8, "lsq", "bogus")
     with pytest.raises(ValueError, match="bits"):
         qat.QATNet(model, x, 4, 1)
+    with pytest.raises(ValueError, match="ranges"):
+        qat.QATNet(model, x, 4, 8, ranges=[(0.0, 1.0)])
+    ranges = ptq.calibrate(model, x)
+    a, b = qat.QATNet(model, x, 4, 8, "fixed", "fixed").eval(), qat.QATNet(model, x[:1], 4, 8, "fixed", "fixed", ranges=ranges).eval()
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x)), "precomputed ranges must give the same model as calibrating on x"
 
 
 def test_allocate_bits_exhaustive_with_ties_and_errors() -> None:
