@@ -1835,6 +1835,419 @@ def check_groupwise(fn: Callable[..., tuple[np.ndarray, np.ndarray]]) -> None:
 # ----------------------------------------------------------------------------- chapter 05: quantization-aware training
 
 
+def _qat_tensor(check: str, case: str, got: Any, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    """The learner's torch tensor of the expected shape; anything else fails with a hint."""
+    __tracebackhide__ = True
+    if not isinstance(got, torch.Tensor):
+        fail(check, case, f"{what}: a torch.Tensor", type(got).__name__, "stay in torch: autograd needs tensors to carry the gradient")
+    if tuple(got.shape) != tuple(shape):
+        fail(check, case, f"{what} of shape {tuple(shape)}", f"shape {tuple(got.shape)}", "keep the input's shape (the scale broadcasts)")
+    return got
+
+
+def check_fake_quant_ste(fn: Callable[..., torch.Tensor]) -> None:
+    """``fn(x, scale, zero_point, qmin, qmax)`` -> ``s (clamp(round(x / s) + z, qmin, qmax) - z)`` with the clipped STE:
+    the gradient w.r.t. x is passed where ``qmin <= round(x / s) + z <= qmax`` and is 0 where the value was clipped."""
+    name = "check_fake_quant_ste"
+    gen = torch.Generator().manual_seed(50)
+    ties = torch.tensor(
+        [0.25, -0.25, 0.75, -0.75, 1.25, 3.75, -4.25, 3.8, -4.3, 9.0, -9.0]
+    )  # scale 0.5: x/s = .5 ties, and beyond the range
+    cases = [
+        ("per-tensor, 4 bits, float32", torch.randn(6, 9, generator=gen) * 2, torch.tensor(0.3), torch.tensor(0.0), -8, 7),
+        ("per-tensor with zero point 3, uint4", torch.rand(40, generator=gen) * 6 - 1, torch.tensor(0.4), torch.tensor(3.0), 0, 15),
+        (
+            "per-channel (4, 1) scales, 3 bits",
+            torch.randn(4, 12, generator=gen),
+            torch.tensor([[0.1], [0.2], [0.5], [0.05]]),
+            torch.tensor(0.0),
+            -4,
+            3,
+        ),
+        ("exact .5 ties and clipped values, scale 0.5, 4 bits", ties, torch.tensor(0.5), torch.tensor(0.0), -8, 7),
+        (
+            "values half a step beyond the last level (still rounded onto it)",
+            torch.tensor([3.6, 3.74, -4.2, -4.24, 3.76, -4.26]),
+            torch.tensor(0.5),
+            torch.tensor(0.0),
+            -8,
+            7,
+        ),
+        (
+            "float64, 8 bits",
+            torch.randn(5, 5, generator=gen, dtype=torch.float64) * 3,
+            torch.tensor(0.02, dtype=torch.float64),
+            torch.tensor(0.0, dtype=torch.float64),
+            -128,
+            127,
+        ),
+    ]
+    for case, x0, scale, zp, qmin, qmax in cases:
+        x = x0.clone().requires_grad_()
+        before = x0.clone()
+        got = _call(name, case, fn, x, scale, zp, qmin, qmax)
+        _unchanged(name, case, before, x, "x")
+        got = _qat_tensor(name, case, got, tuple(x0.shape), "the fake-quantized x")
+        q = torch.round(x0 / scale) + zp
+        expected = (q.clamp(qmin, qmax) - zp) * scale
+        if not torch.allclose(got.detach().double(), expected.double(), rtol=1e-6, atol=1e-6):
+            bad = int(torch.nonzero(~torch.isclose(got.detach().double(), expected.double(), rtol=1e-6, atol=1e-6).flatten())[0])
+            fail(
+                name,
+                case,
+                f"{expected.flatten()[bad].item():.6g} for x = {x0.flatten()[bad].item():.6g}",
+                f"{got.detach().flatten()[bad].item():.6g}",
+                "torch.round (half to even: 0.5 -> 0, 2.5 -> 2), add the zero point, clamp to [qmin, qmax], subtract it, times the scale",
+            )
+        if not got.requires_grad:
+            fail(
+                name,
+                case,
+                "an output that carries a gradient back to x",
+                "an output detached from the graph",
+                "write a torch.autograd.Function (or the x + (q - x).detach() trick): no .detach()/.numpy() of the whole result",
+            )
+        upstream = torch.linspace(0.5, 1.5, x0.numel(), dtype=x0.dtype).reshape(x0.shape)
+        got.backward(upstream)
+        mask = (q >= qmin) & (q <= qmax)
+        expected_grad = upstream * mask
+        grad = x.grad if x.grad is not None else torch.zeros_like(x0)
+        if not torch.allclose(grad, expected_grad, atol=1e-6):
+            bad = int(torch.nonzero(~torch.isclose(grad, expected_grad, atol=1e-6).flatten())[0])
+            xv = x0.flatten()[bad].item()
+            if bool(mask.flatten()[bad]) and grad.flatten()[bad] == 0 and (grad == 0).all():
+                hint = "no gradient at all: round() has zero derivative; the STE passes the upstream gradient straight through"
+            elif bool(mask.flatten()[bad]):
+                hint = (
+                    "the value rounds onto the grid (round(x/s) + z within [qmin, qmax]), so it is NOT clipped: "
+                    "decide the mask on the "
+                    "rounded code, not on x/s itself (x/s up to half a step beyond the last level still counts)"
+                )
+            else:
+                hint = "the clipped STE: zero gradient where round(x/s) + z fell outside [qmin, qmax]"
+            fail(
+                name, case, f"gradient {expected_grad.flatten()[bad].item():.4g} at x = {xv:.4g}", f"{grad.flatten()[bad].item():.4g}", hint
+            )
+    passed(
+        name,
+        f"{len(cases)} cases (per-tensor, per-channel, zero point, .5 ties, half-step clipping, float64): values and STE gradients",
+    )
+
+
+def _lsq_reference(x: np.ndarray, s: float, qmin: int, qmax: int, g: float, grad: np.ndarray) -> tuple[np.ndarray, float]:
+    v = np.asarray(x, dtype=np.float64) / s
+    q = np.round(v)
+    below, above = q < qmin, q > qmax
+    d_s = np.where(below, qmin, np.where(above, qmax, q - v))
+    return np.asarray(grad, dtype=np.float64) * ~(below | above), float(g * np.sum(np.asarray(grad, dtype=np.float64) * d_s))
+
+
+def check_lsq_grads(fn: Callable[..., tuple]) -> None:
+    """``fn(x, s, qmin, qmax, g, grad)`` -> ``(d loss / d x, d loss / d s)`` of LSQ's ``x_hat = s clamp(round(x / s), qmin, qmax)``
+    (zero point 0) for the upstream gradient ``grad = d loss / d x_hat``: numpy arrays; the step's gradient is one float."""
+    name = "check_lsq_grads"
+    rng = np.random.default_rng(51)
+    cases = [
+        ("random weights, 4 bits, some clipped", rng.standard_normal(50) * 0.4, 0.05, -8, 7, 1 / np.sqrt(50 * 7)),
+        ("a (6, 8) matrix, 3 bits", rng.standard_normal((6, 8)), 0.3, -4, 3, 1 / np.sqrt(48 * 3)),
+        ("exact .5 ties (s = 0.5): round half to even", np.array([0.25, 0.75, 1.25, -0.25, -0.75, 1.75, -1.25]), 0.5, -8, 7, 0.1),
+        ("clipped on both sides, g = 1", np.array([-9.0, -3.0, 0.1, 2.0, 7.7, 20.0]), 1.0, -8, 7, 1.0),
+        ("float32 input, 2 bits", (rng.standard_normal(30) * 0.2).astype(np.float32), 0.1, -2, 1, 1 / np.sqrt(30)),
+    ]
+    for case, x, s, qmin, qmax, g in cases:
+        grad = rng.standard_normal(np.shape(x)).astype(x.dtype)
+        x_before, grad_before = x.copy(), grad.copy()
+        got = _call(name, case, fn, x, s, qmin, qmax, g, grad)
+        _unchanged(name, case, x_before, x, "x")
+        _unchanged(name, case, grad_before, grad, "grad")
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            fail(name, case, "a pair (dx, ds)", f"{type(got).__name__}", "return dx (an array shaped like x) and ds (one number)")
+        dx, ds = got
+        if isinstance(dx, torch.Tensor):
+            dx = dx.detach().numpy()
+        if isinstance(ds, torch.Tensor):
+            ds = ds.detach().numpy()
+        ds = np.asarray(ds, dtype=np.float64)
+        if ds.size != 1:
+            fail(
+                name, case, "ds: one number", f"an array of shape {ds.shape}", "the step is shared by every value: sum their contributions"
+            )
+        dx = np.asarray(dx, dtype=np.float64)
+        exp_dx, exp_ds = _lsq_reference(x, s, qmin, qmax, g, grad)
+        if dx.shape != exp_dx.shape or not np.allclose(dx, exp_dx, atol=1e-6):
+            fail(
+                name,
+                case,
+                f"dx = {np.round(exp_dx.ravel()[:6], 4).tolist()}...",
+                f"{np.round(dx.ravel()[:6], 4).tolist()}...",
+                "dx: the upstream gradient where round(x/s) lies in [qmin, qmax], 0 where it was clipped (the clipped STE)",
+            )
+        tol = 1e-4 * max(1.0, abs(exp_ds)) if x.dtype == np.float32 else 1e-8 * max(1.0, abs(exp_ds))
+        if not abs(float(ds) - exp_ds) <= tol:
+            fail(
+                name,
+                case,
+                f"ds = {exp_ds:.6g}",
+                f"{float(ds):.6g}",
+                "d x_hat / d s = round(v) - v inside (v = x/s; np.round rounds half to even), qmin below, qmax above; "
+                "times grad, summed over all values, times g",
+            )
+    passed(name, f"{len(cases)} cases (clipping on both sides, .5 ties, 2 to 4 bits, float32): dx and ds match LSQ's gradient")
+
+
+def _ternary_reference(w: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    a = np.asarray(w, dtype=np.float64).reshape(len(w), -1)
+    delta = factor * np.abs(a).mean(1)
+    kept = np.abs(a) > delta[:, None]
+    count = kept.sum(1)
+    alpha = np.where(count > 0, (np.abs(a) * kept).sum(1) / np.maximum(count, 1), 0.0)
+    return (np.sign(a) * kept).reshape(np.shape(w)), alpha, delta
+
+
+def check_ternarize(fn: Callable[..., tuple]) -> None:
+    """``fn(w, factor=0.7)`` -> ``(codes, alpha, delta)`` per output channel (row): ``delta = factor * mean|w|``, codes ``sign(w)``
+    where ``|w| > delta`` (strictly) else 0, ``alpha`` = mean of ``|w|`` over the kept weights (0 for a row with none)."""
+    name = "check_ternarize"
+    rng = np.random.default_rng(52)
+    cases = [
+        ("a (8, 30) weight, factor 0.7", rng.standard_normal((8, 30)) * 0.1, 0.7),
+        ("a conv weight (4, 3, 3, 3)", rng.standard_normal((4, 3, 3, 3)), 0.7),
+        ("rows of very different scales", rng.standard_normal((3, 20)) * np.array([[0.01], [1.0], [100.0]]), 0.7),
+        ("exact ties |w| == delta (factor 0.5): tied weights become 0", np.array([[0.5, 1.5, -0.5, -1.5], [1.0, 1.0, 1.0, 1.0]]), 0.5),
+        ("an all-zero row", np.vstack([np.zeros(6), rng.standard_normal(6)]), 0.7),
+        ("float32", (rng.standard_normal((5, 16)) * 0.05).astype(np.float32), 0.7),
+    ]
+    for case, w, factor in cases:
+        before = w.copy()
+        got = _call(name, case, fn, w, factor)
+        _unchanged(name, case, before, w, "w")
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            fail(name, case, "a tuple (codes, alpha, delta)", type(got).__name__, "return the three arrays")
+        codes, alpha, delta = (np.asarray(v.detach().numpy() if isinstance(v, torch.Tensor) else v, dtype=np.float64) for v in got)
+        exp_codes, exp_alpha, exp_delta = _ternary_reference(w, factor)
+        if delta.shape != exp_delta.shape or not np.allclose(delta, exp_delta, rtol=1e-5, atol=1e-12):
+            fail(
+                name,
+                case,
+                f"delta {np.round(exp_delta[:3], 5).tolist()} (shape {exp_delta.shape})",
+                f"{np.round(delta.ravel()[:3], 5).tolist()} (shape {delta.shape})",
+                "one threshold per output channel (row): factor * mean |w| of that row, not of the whole tensor, not of max |w|",
+            )
+        if codes.shape != exp_codes.shape or not np.array_equal(codes, exp_codes):
+            tie = bool(np.any(np.isclose(np.abs(np.asarray(w, dtype=np.float64)).reshape(len(w), -1), exp_delta[:, None])))
+            hint = (
+                "a weight is kept only where |w| > delta (strictly: a tie |w| == delta becomes 0), with its sign"
+                if tie
+                else "codes = sign(w) where |w| > delta, else 0, shaped like w"
+            )
+            fail(name, case, f"codes {exp_codes.ravel()[:8].tolist()}...", f"{codes.ravel()[:8].tolist()}...", hint)
+        if not np.all(np.isfinite(alpha)):
+            fail(
+                name,
+                case,
+                "finite scales (0 for a row with no kept weight)",
+                f"{alpha.tolist()}",
+                "guard the division by the count of kept weights",
+            )
+        if alpha.shape != exp_alpha.shape or not np.allclose(alpha, exp_alpha, rtol=1e-5, atol=1e-12):
+            fail(
+                name,
+                case,
+                f"alpha {np.round(exp_alpha[:3], 5).tolist()}",
+                f"{np.round(alpha.ravel()[:3], 5).tolist()}",
+                "alpha = mean of |w| over the KEPT weights of the row (the L2-optimal scale for those codes), "
+                "not over all of them, not of signed w",
+            )
+    passed(name, f"{len(cases)} weights (rows of different scales, a conv, exact ties, an all-zero row, float32), input untouched")
+
+
+def _qat_step_reference(layer: nn.Linear, step: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: float, bits: int) -> float:
+    from .qat import lsq_fake_quant, lsq_grad_scale
+
+    qmax = 2 ** (bits - 1) - 1
+    w_hat = lsq_fake_quant(layer.weight, step, 0, -(2 ** (bits - 1)), qmax, lsq_grad_scale(layer.in_features, qmax))
+    loss = torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, w_hat, layer.bias), y)
+    params = [layer.weight, layer.bias, step]
+    grads = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        for p, gr in zip(params, grads):
+            p -= lr * gr
+    return loss.item()
+
+
+def check_qat_step(fn: Callable[..., float]) -> None:
+    """``fn(layer, step, x, y, lr, bits)``: one QAT step of a Linear classifier with LSQ weights: fake-quantize ``layer.weight``
+    (per-row learned ``step`` of shape (out, 1), ``g = 1/sqrt(in_features * qmax)``), cross-entropy, backward, plain SGD on the
+    weight, the bias and the step, gradients cleared; returns the loss (before the update) as a float. Checked over two calls."""
+    name = "check_qat_step"
+    for seed, (n_in, n_out, bits, lr) in enumerate(((20, 5, 4, 0.5), (12, 3, 3, 1.0), (30, 10, 2, 0.2))):
+        gen = torch.Generator().manual_seed(53 + seed)
+        layer = nn.Linear(n_in, n_out)
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(n_out, n_in, generator=gen) * 0.5)
+            layer.bias.copy_(torch.randn(n_out, generator=gen) * 0.1)
+        qmax = 2 ** (bits - 1) - 1
+        step = (layer.weight.detach().abs().amax(1, keepdim=True) / qmax * 0.8).requires_grad_()
+        ref_layer, ref_step = nn.Linear(n_in, n_out), step.detach().clone().requires_grad_()
+        ref_layer.load_state_dict(layer.state_dict())
+        case = f"Linear({n_in}, {n_out}), {bits} bits, lr {lr}"
+        for call in (1, 2):
+            x = torch.randn(16, n_in, generator=gen)
+            y = torch.randint(0, n_out, (16,), generator=gen)
+            x_before = x.clone()
+            got = _call(name, f"{case}, call {call}", fn, layer, step, x, y, lr, bits)
+            _unchanged(name, f"{case}, call {call}", x_before, x, "x")
+            expected = _qat_step_reference(ref_layer, ref_step, x, y, lr, bits)
+            if isinstance(got, torch.Tensor) and got.numel() == 1:
+                got = got.item()
+            if not isinstance(got, float):
+                fail(name, case, "the loss as a float", type(got).__name__, "return loss.item()")
+            if abs(got - expected) > 1e-5:
+                fail(
+                    name,
+                    f"{case}, call {call}",
+                    f"loss {expected:.6f}",
+                    f"{got:.6f}",
+                    "return the loss of the forward pass with the quantized weight, computed BEFORE the update",
+                )
+            for what, ours, ref, hint in (
+                (
+                    "the weight",
+                    layer.weight,
+                    ref_layer.weight,
+                    "the weight's gradient reaches it through the STE: fake-quantize with autograd, no .detach() of the weight",
+                ),
+                ("the bias", layer.bias, ref_layer.bias, "SGD on the bias too: p -= lr * p.grad"),
+                (
+                    "the step",
+                    step,
+                    ref_step,
+                    "SGD on the step with LSQ's gradient scaled by g = 1/sqrt(in_features * qmax); clear the gradients after each step",
+                ),
+            ):
+                if not torch.allclose(ours.detach(), ref.detach(), atol=1e-5):
+                    diff = (ours.detach() - ref.detach()).abs().max().item()
+                    fail(
+                        name,
+                        f"{case}, after call {call}",
+                        f"{what} as after the reference step",
+                        f"{what} differs by up to {diff:.3g}",
+                        hint,
+                    )
+        for p in (layer.weight, layer.bias, step):
+            if p.grad is not None and p.grad.abs().max() > 0:
+                fail(
+                    name,
+                    case,
+                    "gradients cleared after the step (None or zero)",
+                    "a leftover gradient",
+                    "zero the gradients (p.grad = None) so the next step does not add to them",
+                )
+    passed(name, "3 layers (2 to 4 bits), two consecutive steps each: loss, weight, bias and step match the reference")
+
+
+def _allocation_cases() -> list[tuple[str, dict, dict, float]]:
+    rng = np.random.default_rng(54)
+    cases = []
+    for i, (n_layers, widths) in enumerate(((3, (2, 4, 8)), (4, (1, 2, 4, 8)), (5, (2, 3, 4)))):
+        sens, cost = {}, {}
+        for j in range(n_layers):
+            size = int(rng.integers(100, 5000))
+            weight = float(rng.uniform(0.1, 5.0))
+            sens[f"layer{j}"] = {b: weight * 4.0 ** (-b) for b in widths}
+            cost[f"layer{j}"] = {b: size * b // 8 + 16 for b in widths}
+        cheapest = sum(min(c.values()) for c in cost.values())
+        dearest = sum(max(c.values()) for c in cost.values())
+        cases.append((f"{n_layers} layers, widths {widths}", sens, cost, float(cheapest + (dearest - cheapest) * (0.3 + 0.2 * i))))
+    # a greedy upgrade by sensitivity per byte fails here; the exhaustive search does not
+    sens = {"big": {2: 1.0, 4: 0.0}, "small": {2: 0.6, 4: 0.0}, "mid": {2: 0.6, 4: 0.0}}
+    cost = {"big": {2: 100, 4: 200}, "small": {2: 10, 4: 60}, "mid": {2: 50, 4: 100}}
+    cases.append(("greedy-trap: one big upgrade beats two small ones", sens, cost, 260.0))
+    # the budget equals an allocation's exact cost: <= budget is allowed
+    cases.append(("budget exactly equal to the best allocation's bytes", sens, cost, 310.0))
+    # a tie in sensitivity: the cheaper allocation wins
+    tie_s = {"a": {2: 0.0, 4: 0.0, 8: 0.0}, "b": {2: 1.0, 4: 0.5, 8: 0.0}}
+    tie_c = {"a": {2: 10, 4: 20, 8: 40}, "b": {2: 10, 4: 20, 8: 40}}
+    cases.append(("a tie in sensitivity (layer a is insensitive): the cheaper allocation", tie_s, tie_c, 100.0))
+    return cases
+
+
+def check_allocate_bits(fn: Callable[..., dict]) -> None:
+    """``fn(sensitivity, cost, budget)`` -> {layer: bits} minimising the summed sensitivity with the summed cost <= budget;
+    among equal sensitivities the cheaper allocation; raises ValueError when no allocation fits."""
+    from .qat import allocate_bits
+
+    name = "check_allocate_bits"
+    for case, sens, cost, budget in _allocation_cases():
+        import copy as _copy
+
+        sens_before, cost_before = _copy.deepcopy(sens), _copy.deepcopy(cost)
+        got = _call(name, case, fn, sens, cost, budget)
+        if sens != sens_before or cost != cost_before:
+            fail(name, case, "sensitivity and cost left as they were", "changed by your function", IN_PLACE_HINT)
+        expected = allocate_bits(sens, cost, budget)
+        if not isinstance(got, dict) or set(got) != set(expected):
+            fail(
+                name,
+                case,
+                f"a dict {{layer: bits}} over {sorted(expected)}",
+                f"{type(got).__name__} {got!r}"[:120],
+                "return one width per layer name, e.g. dict(zip(names, combo))",
+            )
+        if any(got[n] not in cost[n] for n in got):
+            fail(
+                name, case, f"widths from the options {[list(cost[n]) for n in cost]}", f"{got}", "choose each layer's width among its keys"
+            )
+        total = sum(cost[n][got[n]] for n in got)
+        if total > budget:
+            fail(
+                name, case, f"an allocation within the budget {budget:g}", f"{got}: {total} bytes", "the summed bytes must be <= the budget"
+            )
+        got_s, exp_s = sum(sens[n][got[n]] for n in got), sum(sens[n][expected[n]] for n in expected)
+        exp_total = sum(cost[n][expected[n]] for n in expected)
+        if got_s > exp_s + 1e-12:
+            fail(
+                name,
+                case,
+                f"{expected} (summed sensitivity {exp_s:.4g}, {exp_total} bytes)",
+                f"{got} (summed sensitivity {got_s:.4g}, {total} bytes)",
+                "try every combination (itertools.product over the layers' widths): a greedy upgrade can miss the best one; "
+                "<= budget is allowed",
+            )
+        if total > exp_total:
+            fail(
+                name,
+                case,
+                f"{expected} ({exp_total} bytes)",
+                f"{got} ({total} bytes, same sensitivity)",
+                "among equal sensitivities take the cheaper allocation",
+            )
+    sens, cost = {"a": {2: 1.0, 4: 0.5}}, {"a": {2: 100, 4: 200}}
+    try:
+        got = fn(sens, cost, 50.0)
+    except NotImplementedError:
+        raise
+    except ValueError:
+        got = "ValueError"
+    except Exception as error:  # noqa: BLE001
+        fail(
+            name,
+            "a budget below the cheapest allocation",
+            "ValueError",
+            f"{type(error).__name__}: {error}",
+            "raise ValueError('budget ...') when nothing fits",
+        )
+    if got != "ValueError":
+        fail(
+            name,
+            "a budget below the cheapest allocation",
+            "ValueError",
+            f"{got!r}",
+            "raise ValueError when no allocation fits the budget (do not return None or an over-budget one)",
+        )
+    passed(name, "6 problems (random, a greedy trap, a budget met exactly, a sensitivity tie) and an infeasible budget")
+
+
 # ----------------------------------------------------------------------------- chapter 06: weight sharing and coding
 
 
