@@ -67,10 +67,11 @@ def _check_images(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
 
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
-    """Silence what native code writes to file descriptor 2 (ExecuTorch's cpuinfo probes on a VM).
+    """Silence what native code writes to stderr (ExecuTorch's cpuinfo probes on a VM, its thread-pool notes).
 
-    Python-level warnings and exceptions are not affected: only the process's fd 2 is pointed at
-    /dev/null for the duration, then restored.
+    Both routes are closed for the duration: the process's file descriptor 2 (pointed at /dev/null)
+    and Python's ``sys.stderr`` (ExecuTorch's bindings forward C++ log lines to it, which is where
+    Jupyter shows them). Exceptions still propagate; nothing else is changed.
     """
     import sys
 
@@ -82,7 +83,8 @@ def quiet_native_stderr() -> Iterator[None]:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -209,7 +211,7 @@ def export_pte(
         raise ValueError(f"max_batch must be >= 2 (a dynamic batch dimension), got {max_batch!r}")
     if int8 and calibration is None:
         raise ValueError("int8=True needs calibration images (N, 1, 28, 28)")
-    with quiet_logs():  # importing torchao reports optional GPU kernels it did not find
+    with quiet_logs(), quiet_native_stderr():  # importing torchao reports optional GPU kernels it did not find
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
