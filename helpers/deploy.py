@@ -281,30 +281,31 @@ class Deployed:
 
 
 def save_pytorch(model: nn.Module, path: str | Path) -> Path:
-    """The whole model for PyTorch eager: ``torch.save`` of the module (its code is needed to load it back)."""
+    """The model's state_dict for PyTorch eager (``torch.save``); loading it needs the model's code (see :func:`load`)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     path = Path(path)
-    torch.save(copy.deepcopy(model).eval(), path)
+    torch.save(model.state_dict(), path)
     return path
 
 
-def load(runtime: str, path: str | Path, threads: int = 1, max_batch: int | None = None) -> Deployed:
+def load(runtime: str, path: str | Path, threads: int = 1, max_batch: int | None = None, module: nn.Module | None = None) -> Deployed:
     """Open the file at ``path`` in ``runtime`` (one of :data:`RUNTIMES`) with ``threads`` intra-op threads.
 
+    PyTorch eager reads a state_dict written by :func:`save_pytorch` with ``weights_only=True`` into a
+    copy of ``module`` (the same architecture: PyTorch ships code plus weights); onnxruntime builds an
+    ``InferenceSession`` (the ``session.x64quantprecision`` option is not needed: :func:`quantize_onnx_int8`
+    keeps weights in 7 bits); ExecuTorch loads the program and its ``forward`` method.
     For ExecuTorch, ``threads`` resizes XNNPACK's process-wide thread pool (it defaults to every core).
-
-    PyTorch eager loads a pickled module written by :func:`save_pytorch` (``weights_only=False``:
-    only for files this course wrote itself); onnxruntime builds an ``InferenceSession`` (the
-    ``session.x64quantprecision`` option is not needed: :func:`quantize_onnx_int8` keeps weights in
-    7 bits); ExecuTorch loads the program and its ``forward`` method. ``max_batch`` records the
-    largest batch the file accepts (for a ``.pte``, the bound it was exported with).
+    ``max_batch`` records the largest batch the file accepts (for a ``.pte``, the bound it was exported with).
     """
     _check_runtime(runtime)
     _check_positive_int(threads, "threads")
     path = Path(path)
     if not path.exists():
         raise ValueError(f"path {path} does not exist")
+    if runtime == "pytorch" and not isinstance(module, nn.Module):
+        raise TypeError(f"runtime 'pytorch' needs module=, the nn.Module to load the state_dict into; got {type(module).__name__}")
     if runtime.startswith("et"):  # import (and size the thread pool) before the clock starts
         with quiet_logs(), quiet_native_stderr():
             from executorch.extension.pybindings import portable_lib
@@ -314,7 +315,8 @@ def load(runtime: str, path: str | Path, threads: int = 1, max_batch: int | None
                 portable_lib._unsafe_reset_threadpool(threads)
     start = time.perf_counter()
     if runtime == "pytorch":
-        model = torch.load(path, weights_only=False).eval()
+        model = copy.deepcopy(module).eval()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
         def run(images: np.ndarray) -> np.ndarray:
             previous = torch.get_num_threads()

@@ -169,10 +169,12 @@ def test_load_and_export_reject_bad_input(tmp_path) -> None:
 
 
 def test_pytorch_file_round_trip(tmp_path, small_cnn, images) -> None:
-    deployed = DP.load("pytorch", DP.save_pytorch(small_cnn, tmp_path / "m.pt"))
+    deployed = DP.load("pytorch", DP.save_pytorch(small_cnn, tmp_path / "m.pt"), module=LeNet5(channels=(4, 8), hidden=16))
     with torch.inference_mode():
         assert np.array_equal(deployed(images), small_cnn(torch.from_numpy(images)).numpy())
     assert DP.pytorch_bytes(small_cnn) > 4 * sum(p.numel() for p in small_cnn.parameters())
+    with pytest.raises(TypeError, match="module="):
+        DP.load("pytorch", tmp_path / "m.pt")
 
 
 # ----------------------------------------------------------------------------- ExecuTorch
