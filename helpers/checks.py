@@ -4219,4 +4219,218 @@ def check_fp8_per_channel(fn: Callable[[torch.Tensor], tuple]) -> None:
     )
 
 
+# ----------------------------------------------------------------------------- chapter 11: deployment
+
+
+def _agreement_cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(110)
+    ref = rng.standard_normal((40, 10)).astype(np.float32) * 3
+    close = ref + rng.standard_normal(ref.shape).astype(np.float32) * 0.5  # some argmaxes flip
+    tie = np.zeros((3, 4), dtype=np.float32)
+    tie[:, 1] = tie[:, 3] = 2.0  # classes 1 and 3 tie in every row: the first index, 1, is the prediction
+    tie_ref = np.zeros((3, 4), dtype=np.float32)
+    tie_ref[:, 3] = 1.0  # the reference predicts class 3
+    square = rng.standard_normal((10, 10)) * 2  # square: a wrong axis keeps the shape
+    return [
+        ("40 x 10 float32 logits, noise 0.5 (some predictions differ)", close, ref),
+        ("10 x 10 float64 logits (square: the argmax axis matters)", square + rng.standard_normal((10, 10)), square),
+        ("identical logits", ref.copy(), ref),
+        ("ties: classes 1 and 3 equal in every row (argmax takes the first)", tie, tie_ref),
+        (
+            "one row, logits that differ by -7 (the largest difference is negative)",
+            np.array([[0.0, 1.0, -7.0]]),
+            np.array([[0.0, 2.0, 0.0]]),
+        ),
+    ]
+
+
+def check_agreement(fn: Callable[[np.ndarray, np.ndarray], tuple[float, float]]) -> None:
+    """``fn(logits, reference)`` -> ``(top-1 agreement, max |logits - reference|)`` for (N, C) arrays; ties go to the first index."""
+    name = "check_agreement"
+    for case, logits, reference in _agreement_cases():
+        before_l, before_r = logits.copy(), reference.copy()
+        got = _call(name, case, fn, logits, reference)
+        _unchanged(name, case, before_l, logits, "logits")
+        _unchanged(name, case, before_r, reference, "reference")
+        if not isinstance(got, tuple) or len(got) != 2:
+            fail(name, case, "a tuple (agreement, max_diff)", f"{type(got).__name__}", "return top1, max_diff")
+        top1 = float(np.mean(before_l.argmax(1) == before_r.argmax(1)))
+        diff = float(np.max(np.abs(before_l.astype(np.float64) - before_r.astype(np.float64))))
+        g1, g2 = (float(v.item() if hasattr(v, "item") else v) for v in got)
+        if not np.isclose(g1, top1, atol=1e-9):
+            hint = "the fraction (0..1) of rows whose argmax over the classes (axis 1) is the same"
+            if np.isclose(g1, top1 * len(logits)):
+                hint = "a fraction, not a count: divide by the number of rows (np.mean of the comparison)"
+            elif np.isclose(g1, 100 * top1):
+                hint = "a fraction in [0, 1], not a percentage"
+            fail(name, case, f"top-1 agreement {top1:.4f}", f"{g1:.4f}", hint)
+        if not np.isclose(g2, diff, rtol=1e-6, atol=1e-7):
+            fail(
+                name,
+                case,
+                f"max |difference| {diff:.6g}",
+                f"{g2:.6g}",
+                "the largest ABSOLUTE difference over all entries: np.max(np.abs(a - b))",
+            )
+    passed(
+        name,
+        "5 cases (float32/float64, square, identical, ties, a negative difference): agreement and max |diff| correct, inputs untouched",
+    )
+
+
+def _quantize_linear_cases() -> list[tuple[str, np.ndarray, float, int]]:
+    rng = np.random.default_rng(111)
+    halves = (np.arange(-6, 6) + 0.5).astype(np.float32) * np.float32(0.0625)  # x / s lands exactly on k + 0.5
+    return [
+        ("images in [0, 1], scale 1/255, zero point 0", rng.random((2, 1, 4, 4), dtype=np.float32), 1 / 255, 0),
+        ("values in [-3, 3], scale 0.02, zero point 128 (both ends saturate)", rng.uniform(-3, 3, 200).astype(np.float32), 0.02, 128),
+        ("exact halves, scale 0.0625, zero point 10 (ties go to the even integer)", halves, 0.0625, 10),
+        ("exact halves, scale 0.0625, zero point 7 (odd: add it after rounding)", halves, 0.0625, 7),
+        ("all zeros, zero point 255", np.zeros(5, dtype=np.float32), 0.1, 255),
+    ]
+
+
+def check_quantize_linear(fn: Callable[[np.ndarray, float, int], np.ndarray]) -> None:
+    """``fn(x, scale, zero_point)`` -> uint8 codes of ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point) in [0, 255]."""
+    name = "check_quantize_linear"
+    for case, x, scale, zp in _quantize_linear_cases():
+        before = x.copy()
+        got = _call(name, case, fn, x, scale, zp)
+        _unchanged(name, case, before, x, "x")
+        if isinstance(got, torch.Tensor):
+            got = got.detach().cpu().numpy()
+        if not isinstance(got, np.ndarray) or got.dtype != np.uint8:
+            fail(
+                name,
+                case,
+                "a numpy array of dtype uint8",
+                f"{type(got).__name__} {getattr(got, 'dtype', '')}",
+                "finish with .astype(np.uint8) AFTER clipping to [0, 255]",
+            )
+        if got.shape != x.shape:
+            fail(name, case, f"shape {x.shape}", f"shape {got.shape}", "quantize elementwise: the shape does not change")
+        expected = np.clip(np.rint(before / np.float32(scale)) + zp, 0, 255).astype(np.uint8)
+        if not np.array_equal(got, expected):
+            at = int(np.argmax(got != expected))
+            value = float(before.flat[at]) / scale
+            hint = "round(x / scale) half to even (np.rint), THEN add the zero point, then clip to [0, 255]"
+            if abs(abs(value - np.floor(value)) - 0.5) < 1e-6:
+                hint = (
+                    f"x / scale = {value:g} is a tie: round half to even (np.rint or np.round), not half up or away from zero, "
+                    "and before adding the zero point"
+                )
+            elif not (0 <= np.rint(value) + zp <= 255):
+                hint = "saturate: clip to [0, 255] before converting to uint8 (astype wraps around)"
+            fail(name, case, f"code {int(expected.flat[at])} at index {at}", f"{int(got.flat[at])}", hint)
+    passed(name, "5 cases (images, saturation at both ends, ties with even and odd zero points, zeros): codes equal ONNX QuantizeLinear")
+
+
+def _speedup_cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(112)
+    load = rng.choice([1.0, 1.0, 1.0, 3.0, 6.0], size=15)  # bursts of load from another process, shared by both in a round
+    slow = 2.0 * load * rng.uniform(0.95, 1.05, 15)
+    fast = 1.0 * load * rng.uniform(0.95, 1.05, 15)
+    b = np.array([1.0, 1.0, 1.0, 10.0, 10.0])
+    return [
+        ("15 rounds with load bursts shared by both candidates", slow, fast),
+        ("5 rounds, the candidate slower in two of them", np.array([2.0, 2.1, 1.9, 8.0, 9.0]), b),
+        ("3 rounds", np.array([3.0, 6.0, 4.5]), np.array([1.0, 2.5, 1.0])),
+        ("identical timings", fast.copy(), fast.copy()),
+    ]
+
+
+def check_round_speedup(fn: Callable[[np.ndarray, np.ndarray], tuple[float, tuple[float, float]]]) -> None:
+    """``fn(baseline_ms, candidate_ms)`` (one median per round, same rounds) -> (median of the per-round ratios baseline / candidate,
+    (25th, 75th) percentile of those ratios), percentiles as np.percentile's default (linear interpolation)."""
+    name = "check_round_speedup"
+    for case, a, b in _speedup_cases():
+        before_a, before_b = a.copy(), b.copy()
+        got = _call(name, case, fn, a, b)
+        _unchanged(name, case, before_a, a, "baseline_ms")
+        _unchanged(name, case, before_b, b, "candidate_ms")
+        ratios = before_a / before_b
+        med, (p25, p75) = float(np.median(ratios)), tuple(float(v) for v in np.percentile(ratios, [25, 75]))
+        try:
+            g_med, (g25, g75) = got
+            g_med, g25, g75 = float(g_med), float(g25), float(g75)
+        except (TypeError, ValueError):
+            fail(name, case, "(median, (p25, p75))", repr(got), "return speedup, (low, high)")
+        if not np.isclose(g_med, med, rtol=1e-9):
+            hint = "pair the rounds: ratio per round (baseline[i] / candidate[i]), then the median of those ratios"
+            if np.isclose(g_med, np.median(before_a) / np.median(before_b), rtol=1e-9):
+                hint = "that is the ratio of the medians; take the median of the per-round ratios, so each round's load cancels"
+            elif np.isclose(g_med, 1 / med, rtol=1e-9):
+                hint = "speedup = baseline / candidate (> 1 when the candidate is faster), not candidate / baseline"
+            elif np.isclose(g_med, np.mean(ratios), rtol=1e-9):
+                hint = "the median of the ratios, not their mean (one bad round should not move it)"
+            fail(name, case, f"median speedup {med:.6f}", f"{g_med:.6f}", hint)
+        if not (np.isclose(g25, p25, rtol=1e-9) and np.isclose(g75, p75, rtol=1e-9)):
+            fail(
+                name,
+                case,
+                f"(p25, p75) = ({p25:.6f}, {p75:.6f})",
+                f"({g25:.6f}, {g75:.6f})",
+                "np.percentile(ratios, [25, 75]) of the per-round ratios",
+            )
+    passed(name, "4 cases (load bursts, a candidate slower in some rounds, 3 rounds, identical): median and IQR of the per-round ratios")
+
+
+def _budget_cases() -> list[tuple[str, list[dict], tuple[float, float, float]]]:
+    rows = [
+        {"name": "a", "bytes": 90_000, "ram_bytes": 120_000, "latency_ms": 0.05, "latency_32_ms": 0.9},
+        {"name": "b", "bytes": 150_000, "ram_bytes": 256_000, "latency_ms": 0.20, "latency_32_ms": 2.0},  # exactly at every limit: fits
+        {"name": "c", "bytes": 150_001, "ram_bytes": 100_000, "latency_ms": 0.01, "latency_32_ms": 0.1},  # one byte too many
+        {"name": "d", "bytes": 20_000, "ram_bytes": 300_000, "latency_ms": 0.01, "latency_32_ms": 0.1},  # RAM too large
+        {"name": "e", "bytes": 20_000, "ram_bytes": 30_000, "latency_ms": 0.30, "latency_32_ms": 0.1},  # too slow at batch 1
+        {"name": "f", "bytes": 500_000, "ram_bytes": 900_000, "latency_ms": 5.0, "latency_32_ms": 40.0},  # breaks all three
+    ]
+    return [
+        ("six candidates, one exactly at every limit", rows, (150_000, 256_000, 0.2)),
+        ("the same rows, a loose budget (everything fits)", rows, (1e9, 1e9, 1e9)),
+        ("the same rows in reverse order", rows[::-1], (150_000, 256_000, 0.2)),
+        ("no candidates", [], (1000, 1000, 1.0)),
+    ]
+
+
+def check_meets_budget(fn: Callable[[list[dict], float, float, float], list[bool]]) -> None:
+    """``fn(rows, flash_bytes, ram_bytes, latency_ms)`` -> one bool per row, in order: bytes, ram_bytes and latency_ms (batch 1)
+    all within (<=) their limit."""
+    import copy as _copy
+
+    name = "check_meets_budget"
+    for case, rows, (flash, ram, latency) in _budget_cases():
+        given = [dict(r) for r in rows]
+        snapshot = _copy.deepcopy(given)
+        got = _call(name, case, fn, given, flash, ram, latency)
+        if given != snapshot:
+            fail(
+                name,
+                case,
+                "rows left as they were",
+                "rows changed (sorted, filtered or edited in place)",
+                "build a new list; do not sort or pop the argument",
+            )
+        expected = [r["bytes"] <= flash and r["ram_bytes"] <= ram and r["latency_ms"] <= latency for r in snapshot]
+        try:
+            got_list = [bool(v) for v in got]
+        except TypeError:
+            fail(name, case, f"a list of {len(expected)} bools", repr(got), "one True/False per row, in the rows' order")
+        if got_list != expected:
+            if len(got_list) != len(expected):
+                fail(
+                    name,
+                    case,
+                    f"{len(expected)} bools (one per row)",
+                    f"{len(got_list)} values",
+                    "one bool per row, not the fitting rows or their indices",
+                )
+            at = next(i for i, (g, e) in enumerate(zip(got_list, expected)) if g != e)
+            r = snapshot[at]
+            hint = "a row fits when bytes <= flash AND ram_bytes <= ram AND latency_ms <= latency (batch 1)"
+            if r["bytes"] == flash or r["ram_bytes"] == ram or r["latency_ms"] == latency:
+                hint = "a value exactly at its limit fits: use <=, not <"
+            fail(name, case, f"row {r['name']!r} -> {expected[at]}", f"{got_list[at]}", hint)
+    passed(name, "4 cases (values exactly at the limits, each limit broken alone, a loose budget, reversed order, empty): one bool per row")
+
+
 # ----------------------------------------------------------------------------- chapter 12: transformer compression
