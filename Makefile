@@ -9,12 +9,15 @@
 #   make clean-notebooks   strip outputs from the committed notebooks
 #   make lint        ruff over helpers, tests and notebooks
 #   make time-notebooks   run every notebook from a cold cache and print its wall time (quiet machine)
+#   make book        the course as a web site: _build/html/index.html (executes each notebook once)
+#   make test-browser    JupyterLab in headless chromium: every widget moved, one exercise's check seen
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+.PHONY: book test-browser
 .PHONY: setup lab test test-busy test-one-thread test-portable exercises work execute clean-notebooks lint benchmark time-notebooks
 
 setup: $(STAMP)
@@ -65,3 +68,9 @@ benchmark: $(STAMP)
 
 time-notebooks: $(STAMP)
 	$(BIN)/python scripts/time_notebooks.py --cold
+
+book: $(STAMP)
+	$(BIN)/python -m helpers.book
+
+test-browser: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m pytest -v -rs tests/test_browser.py
