@@ -136,7 +136,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> Iterator[Lab
     port, token = free_port(), secrets.token_hex(16)
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
                "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={course}",
-               "--LabApp.expose_app_in_browser=True", "--allow-root", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+               "--LabApp.expose_app_in_browser=True", "--allow-root", "--LabApp.news_url=",
+               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     log = open(base / "jupyterlab.log", "w")  # noqa: SIM115 (closed below)
     server = subprocess.Popen(command, env=env, cwd=course, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     lab = Lab(f"http://127.0.0.1:{port}", token, course)
@@ -191,7 +192,9 @@ NOTEBOOK_STATE = """() => {
         const cell = cells.get(i);
         if (cell.type !== 'code') continue;
         if (cell.executionCount === null) state.pending++;
-        for (const o of cell.outputs.toJSON()) if (o.output_type === 'error') state.errors.push({cell: i, ename: o.ename, evalue: o.evalue});
+        for (const o of cell.outputs.toJSON()) {
+            if (o.output_type === 'error') state.errors.push({cell: i, ename: o.ename, evalue: o.evalue});
+        }
     }
     return state;
 }"""
