@@ -61,7 +61,7 @@ clean-notebooks: $(STAMP)
 	$(BIN)/python -m helpers.labs strip
 
 lint: $(STAMP)
-	$(BIN)/ruff check helpers tests scripts notebooks solutions
+	$(BIN)/ruff check helpers tests scripts notebooks solutions conftest.py
 
 benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark.py

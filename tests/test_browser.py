@@ -138,7 +138,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> Iterator[Lab
                "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={course}",
                "--LabApp.expose_app_in_browser=True", "--allow-root", "--LabApp.news_url=",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    log = open(base / "jupyterlab.log", "w")  # noqa: SIM115 (closed below)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    log_path = SCREENSHOTS / "jupyterlab.log"
+    log = open(log_path, "w")  # noqa: SIM115 (closed below)
     server = subprocess.Popen(command, env=env, cwd=course, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     lab = Lab(f"http://127.0.0.1:{port}", token, course)
     try:
@@ -149,7 +151,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> Iterator[Lab
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start; its log:\n{(base / 'jupyterlab.log').read_text()[-3000:]}") from None
+                    raise RuntimeError(f"JupyterLab did not start; its log:\n{log_path.read_text()[-3000:]}") from None
                 time.sleep(0.5)
         yield lab
     finally:
