@@ -205,6 +205,7 @@ exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 nb_execution_mode = "off"  # executed once by helpers/book.py (or by nbval in `make test`), never here
 nb_merge_streams = True
 myst_heading_anchors = 3
+myst_enable_extensions = ["dollarmath", "amsmath"]  # $...$ and $$...$$ as in Jupyter; MathJax typesets them in the browser
 html_theme = "sphinx_book_theme"
 html_title = {title!r}
 html_theme_options = {{"show_toc_level": 2, "use_download_button": True, "home_page_in_toc": True}}

@@ -122,6 +122,18 @@ def test_broken_links_finds_missing_pages_and_anchors(tmp_path: Path) -> None:
     ]
 
 
+def readme_page_links() -> list[str]:
+    """The rendered pages README's syllabus links to, as paths under _build/html (e.g. ``notebooks/00_introduction.html``)."""
+    return re.findall(r"\]\(_build/html/([^)#]+\.html)\)", (ROOT / "README.md").read_text())
+
+
+def test_readme_links_the_pages_of_notebooks_that_exist() -> None:
+    links = readme_page_links()
+    assert links, "README's syllabus links no rendered page"
+    for link in links:
+        assert (ROOT / link).with_suffix(".ipynb").exists(), f"README links _build/html/{link}, but there is no {link[:-5]}.ipynb"
+
+
 def solution_cells(path: Path) -> int:
     return sum(1 for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code" and labs.has_solution(c.source))
 
@@ -149,5 +161,7 @@ def test_book_builds_every_chapter_with_its_figures_and_no_broken_links() -> Non
             text = page.read_text(encoding="utf-8")
             collapsed = text.count('class="cell tag_hide-input')
             assert collapsed >= solution_cells(path) > 0, f"{relative}: {collapsed} collapsed cells, {solution_cells(path)} solutions"
+    for link in readme_page_links():
+        assert (html / link).exists(), f"README links _build/html/{link}, which the build did not write"
     broken = book.broken_links(html)
     assert not broken, "broken internal links:\n" + "\n".join(broken)

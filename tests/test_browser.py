@@ -186,8 +186,9 @@ def browser(lab: Lab, chromium: str, tmp_path_factory: pytest.TempPathFactory):
             context.close()
 
 
-NOTEBOOK_STATE = """() => {
-    const panel = window.jupyterapp.shell.currentWidget;
+PANEL = """(path) => Array.from(window.jupyterapp.shell.widgets('main')).find(w => w.context && w.context.path === path)"""
+NOTEBOOK_STATE = """(path) => {
+    const panel = (PANEL)(path);
     const cells = panel.content.model.cells;
     const state = {pending: 0, errors: []};
     for (let i = 0; i < cells.length; i++) {
@@ -199,21 +200,46 @@ NOTEBOOK_STATE = """() => {
         }
     }
     return state;
-}"""
+}""".replace("(PANEL)", f"({PANEL})")
+KERNEL_IDLE = """(path) => {
+    const panel = window.jupyterapp && (PANEL)(path);
+    return !!panel && panel.sessionContext.session?.kernel?.status === 'idle';
+}""".replace("(PANEL)", f"({PANEL})")
+RUN_ALL = """async (path) => {
+    const panel = (PANEL)(path);
+    window.jupyterapp.shell.activateById(panel.id);
+    await window.jupyterapp.commands.execute('notebook:run-all-cells');
+}""".replace("(PANEL)", f"({PANEL})")
+RUN_CELL = """async ([path, index]) => {
+    const panel = (PANEL)(path);
+    window.jupyterapp.shell.activateById(panel.id);
+    panel.content.activeCellIndex = index;
+    await window.jupyterapp.commands.execute('notebook:run-cell');
+}""".replace("(PANEL)", f"({PANEL})")
+
+
+SHUTDOWN = """async (path) => { const panel = (PANEL)(path); if (panel) await panel.sessionContext.shutdown(); }""".replace(
+    "(PANEL)", f"({PANEL})")
+
+
+def close(page, relative: str) -> None:
+    """Stop the notebook's kernel (the fixture stops any left over) and close the page."""
+    try:
+        page.evaluate(SHUTDOWN, relative)
+    finally:
+        page.close()
 
 
 def open_and_run_all(page, lab: Lab, relative: str) -> dict:
-    """Open ``relative`` in JupyterLab, wait for its kernel, run every cell (the way a learner's Run All does) and
-    return the notebook's state: cells not run and errors."""
-    page.goto(f"{lab.url}/lab/tree/{relative}?token={lab.token}")
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget && "
-                           "window.jupyterapp.shell.currentWidget.sessionContext && "
-                           "window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel?.status === 'idle'", timeout=120_000)
+    """Open ``relative`` in JupyterLab (a fresh workspace: only this notebook open), wait for its kernel, run every
+    cell (the way a learner's Run All does) and return the notebook's state: cells not run and errors."""
+    workspace = f"test-{secrets.token_hex(4)}"
+    page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{relative}?reset&token={lab.token}")
+    page.wait_for_function(KERNEL_IDLE, arg=relative, timeout=120_000, polling=500)
     page.wait_for_timeout(500)
-    page.evaluate("async () => { await window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-    page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'",
-                           timeout=RUN_TIMEOUT_MS, polling=500)
-    return page.evaluate(NOTEBOOK_STATE)
+    page.evaluate(RUN_ALL, relative)
+    page.wait_for_function(KERNEL_IDLE, arg=relative, timeout=RUN_TIMEOUT_MS, polling=500)
+    return page.evaluate(NOTEBOOK_STATE, relative)
 
 
 def snapshot(widget) -> str:
@@ -269,9 +295,9 @@ CONTROLS = {"slider": ".widget-slider", "dropdown": ".widget-dropdown", "checkbo
 @pytest.mark.parametrize("path", WIDGET_LECTURES, ids=lambda p: p.name)
 def test_every_widget_control_changes_what_the_lecture_shows(browser, lab: Lab, path: Path) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page()
+    page, relative = browser.new_page(), f"notebooks/{path.name}"
     try:
-        state = open_and_run_all(page, lab, f"notebooks/{path.name}")
+        state = open_and_run_all(page, lab, relative)
         assert not state["errors"] and state["pending"] == 0, f"{path.name} did not run cleanly in JupyterLab: {state}"
         moved = 0
         for index in widget_cells(path):
@@ -289,7 +315,7 @@ def test_every_widget_control_changes_what_the_lecture_shows(browser, lab: Lab, 
                     moved += 1
         assert moved >= 1, f"{path.name} uses a widget but no control was found to move"
     finally:
-        page.close()
+        close(page, relative)
 
 
 def first_function_exercise(paths: list[Path]) -> tuple[Path, int, str] | None:
@@ -312,20 +338,13 @@ def error_on_screen(page, index: int) -> str:
     return cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").first.inner_text()
 
 
-RUN_CELL = """async (index) => {
-    const panel = window.jupyterapp.shell.currentWidget;
-    panel.content.activeCellIndex = index;
-    await window.jupyterapp.commands.execute('notebook:run-cell');
-}"""
-
-
 @pytest.mark.skipif(first_function_exercise(EXERCISES) is None, reason="no exercise with a blank function and a check after it")
 def test_a_learner_sees_the_check_message_in_an_exercise(browser, lab: Lab) -> None:
     path, index, wrong = first_function_exercise(EXERCISES)  # type: ignore[misc]
-    page = browser.new_page()
+    page, relative = browser.new_page(), f"exercises/{path.name}"
     try:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        state = open_and_run_all(page, lab, f"exercises/{path.name}")
+        state = open_and_run_all(page, lab, relative)  # the learner's Run All on the blank lab
         # As handed out: Run All stops at the first check, which reports the blank exercise by name.
         assert state["errors"], f"the blank exercise {path.name} ran without an error: its checks are vacuous"
         first = state["errors"][0]
@@ -336,11 +355,11 @@ def test_a_learner_sees_the_check_message_in_an_exercise(browser, lab: Lab) -> N
         assert "not done yet" in text, f"the learner is not told which exercise to do: {text!r}"
         page.locator(".jp-Notebook .jp-Cell").nth(first["cell"]).screenshot(path=str(SCREENSHOTS / f"{path.stem}_blank.png"))
         # A wrong answer: the check names what it expected and what it got, with a hint, and hides its own source.
-        page.evaluate("([i, text]) => window.jupyterapp.shell.currentWidget.content.model.cells.get(i).sharedModel.setSource(text)",
-                      [index, wrong])
-        page.evaluate(RUN_CELL, index)
-        page.evaluate(RUN_CELL, index + 1)
-        errors = [e for e in page.evaluate(NOTEBOOK_STATE)["errors"] if e["cell"] == index + 1]
+        set_source = f"([path, i, text]) => ({PANEL})(path).content.model.cells.get(i).sharedModel.setSource(text)"
+        page.evaluate(set_source, [relative, index, wrong])
+        page.evaluate(RUN_CELL, [relative, index])
+        page.evaluate(RUN_CELL, [relative, index + 1])
+        errors = [e for e in page.evaluate(NOTEBOOK_STATE, relative)["errors"] if e["cell"] == index + 1]
         assert errors and errors[0]["ename"] == "CheckFailure", f"a wrong answer (return None) did not fail its check: {errors}"
         text = error_on_screen(page, index + 1)
         for word in ("CheckFailure", "expected", "got", "hint"):
@@ -348,4 +367,4 @@ def test_a_learner_sees_the_check_message_in_an_exercise(browser, lab: Lab) -> N
         assert "Traceback" not in text and "checks.py" not in text, f"a check's failure shows its message alone: {text!r}"
         page.locator(".jp-Notebook .jp-Cell").nth(index + 1).screenshot(path=str(SCREENSHOTS / f"{path.stem}_wrong_answer.png"))
     finally:
-        page.close()
+        close(page, relative)
