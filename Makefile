@@ -9,7 +9,8 @@
 #   make clean-notebooks   strip outputs from the committed notebooks
 #   make lint        ruff over helpers, tests and notebooks
 #   make time-notebooks   run every notebook from a cold cache and print its wall time (quiet machine)
-#   make book        the course as a web site: _build/html/index.html (executes each notebook once)
+#   make book        the course as a web site, _build/html/index.html: one execution per notebook (make test's
+#                    when current, else its own; FRESH=1: always its own)
 #   make test-browser    JupyterLab in headless chromium: every widget moved, one exercise's check seen
 
 PYTHON ?= python3
@@ -70,7 +71,7 @@ time-notebooks: $(STAMP)
 	$(BIN)/python scripts/time_notebooks.py --cold
 
 book: $(STAMP)
-	$(BIN)/python -m helpers.book
+	$(BIN)/python -m helpers.book $(if $(FRESH),--fresh,)
 
 test-browser: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -v -rs tests/test_browser.py
