@@ -165,3 +165,17 @@ def test_book_builds_every_chapter_with_its_figures_and_no_broken_links() -> Non
         assert (html / link).exists(), f"README links _build/html/{link}, which the build did not write"
     broken = book.broken_links(html)
     assert not broken, "broken internal links:\n" + "\n".join(broken)
+
+
+def test_the_book_test_is_ordered_after_the_notebooks_it_reuses() -> None:
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    root_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root_conftest)  # type: ignore[union-attr]
+    names = ["tests/test_book.py::test_book_builds_every_chapter", "tests/test_a.py::test_x", "notebooks/00_a.ipynb::Cell 0",
+             "solutions/00_a_lab.ipynb::Cell 0", "tests/test_book.py::test_broken_links"]
+    items = [types.SimpleNamespace(nodeid=name) for name in names]
+    root_conftest.pytest_collection_modifyitems(None, items)
+    assert [item.nodeid for item in items] == names[1:] + names[:1]
