@@ -9,12 +9,16 @@
 #   make clean-notebooks   strip outputs from the committed notebooks
 #   make lint        ruff over helpers, tests and notebooks
 #   make time-notebooks   run every notebook from a cold cache and print its wall time (quiet machine)
+#   make book        the course as a web site, _build/html/index.html: one execution per notebook (make test's
+#                    when current, else its own; FRESH=1: always its own)
+#   make test-browser    JupyterLab in headless chromium: every widget moved, one exercise's check seen
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+.PHONY: book test-browser
 .PHONY: setup lab test test-busy test-one-thread test-portable exercises work execute clean-notebooks lint benchmark time-notebooks
 
 setup: $(STAMP)
@@ -59,10 +63,16 @@ clean-notebooks: $(STAMP)
 	$(BIN)/python -m helpers.labs strip
 
 lint: $(STAMP)
-	$(BIN)/ruff check helpers tests scripts notebooks solutions
+	$(BIN)/ruff check helpers tests scripts notebooks solutions conftest.py
 
 benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark.py
 
 time-notebooks: $(STAMP)
 	$(BIN)/python scripts/time_notebooks.py --cold
+
+book: $(STAMP)
+	$(BIN)/python -m helpers.book $(if $(FRESH),--fresh,)
+
+test-browser: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m pytest -v -rs tests/test_browser.py
