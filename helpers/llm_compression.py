@@ -116,24 +116,31 @@ def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
     return (planes.astype(np.int64) << np.arange(bits)).sum(axis=1).astype(np.uint8)
 
 
-def save_quantized(model: nn.Module, names: list[str], bits: int, group_size: int) -> bytes:
-    """Serialize ``model`` with the linear layers ``names`` stored as packed ``bits``-bit codes,
-    float16 scales and packed zero points (one per group), everything else float32: the real bytes
-    of the file (``torch.save`` into memory). The weights stored are those the model holds now, so
-    quantize the model first (they must already lie on the group grid to round-trip exactly)."""
+def save_quantized(model: nn.Module, quantized: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], bits: int) -> bytes:
+    """Serialize ``model`` with the linear layers named in ``quantized`` stored as their packed
+    ``bits``-bit codes, float16 scales and packed zero points, ``{name: (codes, scales, zeros)}`` as
+    returned by :func:`quantize_codes` or ``gptq_quantize(..., return_codes=True)``; everything else
+    float32. Returns the real bytes of the file (``torch.save`` into memory)."""
+    _bits(bits)
     modules = dict(model.named_modules())
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     packed: dict[str, torch.Tensor] = {}
-    for name in names:
+    for name, (codes, scales, zeros) in quantized.items():
         if name not in modules or not isinstance(modules[name], nn.Linear):
-            raise ValueError(f"names must name nn.Linear layers of the model, got {name!r}")
-        codes, scales, zeros = quantize_codes(modules[name].weight, bits, group_size)
+            raise ValueError(f"quantized must name nn.Linear layers of the model, got {name!r}")
+        if codes.shape != modules[name].weight.shape or codes.shape[0] != scales.shape[0] or scales.shape != zeros.shape:
+            raise ValueError(
+                f"{name}: codes {tuple(codes.shape)}, scales {tuple(scales.shape)} and zeros {tuple(zeros.shape)} do not fit the layer"
+            )
         del state[name + ".weight"]
         packed[name + ".codes"] = torch.frombuffer(bytearray(pack_bits(codes, bits)), dtype=torch.uint8)
         packed[name + ".scales"] = scales.half()
         packed[name + ".zeros"] = torch.frombuffer(bytearray(pack_bits(zeros, bits)), dtype=torch.uint8)
     buffer = io.BytesIO()
-    torch.save({"float": state, "packed": packed, "bits": bits, "group_size": group_size, "names": list(names)}, buffer)
+    names = list(quantized)
+    torch.save(
+        {"float": state, "packed": packed, "bits": bits, "names": names, "groups": [int(quantized[n][1].shape[1]) for n in names]}, buffer
+    )
     return buffer.getvalue()
 
 
@@ -142,9 +149,8 @@ def load_quantized(data: bytes, model: nn.Module) -> nn.Module:
     blob = torch.load(io.BytesIO(data), weights_only=True)
     state = dict(blob["float"])
     bits = blob["bits"]
-    for name in blob["names"]:
+    for name, n_groups in zip(blob["names"], blob["groups"]):
         shape = model.get_submodule(name).weight.shape
-        n_groups = shape[1] // blob["group_size"]
         codes = torch.from_numpy(unpack_bits(blob["packed"][name + ".codes"].numpy().tobytes(), bits, shape[0] * shape[1])).reshape(shape)
         zeros = torch.from_numpy(unpack_bits(blob["packed"][name + ".zeros"].numpy().tobytes(), bits, shape[0] * n_groups)).reshape(
             shape[0], n_groups
@@ -228,15 +234,22 @@ def gptq_step(W: torch.Tensor, U: torch.Tensor, j: int, q: torch.Tensor) -> torc
 
 
 def gptq_quantize(
-    w: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: int = 32, damp: float = 0.01, block_size: int = 32
-) -> torch.Tensor:
+    w: torch.Tensor,
+    H: torch.Tensor,
+    bits: int = 4,
+    group_size: int = 32,
+    damp: float = 0.01,
+    block_size: int = 32,
+    return_codes: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """GPTQ (Frantar et al. 2023) for one weight (out, in) given the Hessian proxy ``H`` (in, in).
 
     Columns are quantized left to right; each column's rounding error is spread over the columns to
     its right through the upper Cholesky factor of the damped inverse Hessian. Group parameters are
     computed from the already-updated weights when a group starts (as the reference code does).
     ``block_size`` columns are processed together and their updates applied to the rest lazily (the
-    result equals the column-by-column loop up to float rounding). Returns the fake-quantized weight.
+    result equals the column-by-column loop up to float rounding). Returns the fake-quantized weight,
+    and with ``return_codes=True`` also ``(codes, scales, zeros)`` as :func:`quantize_codes` gives them.
     """
     w = _weight(w)
     _bits(bits)
@@ -247,6 +260,9 @@ def gptq_quantize(
     U = inverse_hessian_factor(_hessian(H, cols), damp)
     W = w.detach().double().clone()
     Q = torch.zeros_like(W)
+    codes = torch.zeros(W.shape, dtype=torch.uint8)
+    scales = torch.zeros(W.shape[0], cols // g, dtype=torch.float64)
+    zeros = torch.zeros(W.shape[0], cols // g, dtype=torch.float64)
     for b0 in range(0, cols, block_size):
         b1 = min(b0 + block_size, cols)
         Wb = W[:, b0:b1].clone()
@@ -255,12 +271,17 @@ def gptq_quantize(
             col = b0 + j
             if col % g == 0:
                 scale, zero = group_qparams(Wb[:, j : j + g], bits)
-            q = quantize_with(Wb[:, j : j + 1], scale, zero, bits)[:, 0]
+                scales[:, col // g], zeros[:, col // g] = scale[:, 0], zero[:, 0]
+            code = torch.clamp(torch.round(Wb[:, j : j + 1] / scale) + zero, 0, 2**bits - 1)
+            codes[:, col] = code[:, 0].to(torch.uint8)
+            q = ((code - zero) * scale)[:, 0]
             Q[:, col] = q
             err = (Wb[:, j] - q) / U[col, col]
             Wb[:, j + 1 :] -= torch.outer(err, U[col, col + 1 : b1])
             Eb[:, j] = err
         W[:, b1:] -= Eb @ U[b0:b1, b1:]
+    if return_codes:
+        return Q.to(w.dtype), (codes, scales.float(), zeros.to(torch.uint8))
     return Q.to(w.dtype)
 
 

@@ -53,17 +53,22 @@ def test_pack_bits_round_trip_and_size() -> None:
 def test_save_and_load_quantized_round_trip() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 8))
+    packed = {}
     for name in ("0", "2"):
         layer = model.get_submodule(name)
-        layer.weight.data = L.quantize_rtn(layer.weight.data, 3, 16)
-    data = L.save_quantized(model, ["0", "2"], 3, 16)
+        packed[name] = L.quantize_codes(layer.weight.data, 3, 16)
+        layer.weight.data = L.dequantize_codes(*packed[name])
+    data = L.save_quantized(model, packed, 3)
     fresh = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 8))
     L.load_quantized(data, fresh)
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-3 * a.abs().max().item())
-    assert len(data) < len(L.save_quantized(model, [], 3, 16))
-    with pytest.raises(ValueError, match="names"):
-        L.save_quantized(model, ["1"], 3, 16)
+    assert len(data) < len(L.save_quantized(model, {}, 3))
+    with pytest.raises(ValueError, match="quantized"):
+        L.save_quantized(model, {"1": packed["0"]}, 3)
+    w, x = _layer_data()
+    q, (codes, scales, zeros) = L.gptq_quantize(w, L.hessian(x), 3, 16, return_codes=True)
+    assert torch.allclose(L.dequantize_codes(codes, scales, zeros).double(), q, atol=1e-6)
 
 
 def test_hessian_gives_the_output_error() -> None:
