@@ -4434,3 +4434,307 @@ def check_meets_budget(fn: Callable[[list[dict], float, float, float], list[bool
 
 
 # ----------------------------------------------------------------------------- chapter 12: transformer compression
+
+
+def _llm_array(check: str, case: str, value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A learner's tensor or array as float64 numpy, with its shape checked."""
+    __tracebackhide__ = True
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
+        fail(check, case, f"{what} as a tensor or array", type(value).__name__, "return a torch tensor (or a numpy array)")
+    if value.shape != shape:
+        fail(check, case, f"{what} of shape {shape}", f"shape {value.shape}", "keep the layout (out, in) of nn.Linear's weight")
+    return value
+
+
+def _asym_group_reference(w: np.ndarray, bits: int, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric min-max codes / scales / zero points per group of ``group`` consecutive inputs (float64, half to even)."""
+    out, cols = w.shape
+    g = w.reshape(out, cols // group, group)
+    lo, hi = np.minimum(g.min(axis=2), 0.0), np.maximum(g.max(axis=2), 0.0)
+    scales = (hi - lo) / (2**bits - 1)
+    scales = np.where(scales > 0, scales, 1.0)
+    zeros = np.round(-lo / scales)
+    codes = np.clip(np.round(g / scales[..., None]) + zeros[..., None], 0, 2**bits - 1)
+    return codes.reshape(out, cols), scales, zeros
+
+
+def check_group_quantize(fn: Callable[..., tuple]) -> None:
+    """``fn(w, bits, group_size)`` -> (codes (out, in) in 0..2**bits-1, scales (out, in/g), zeros (out, in/g)): asymmetric
+    min-max per group of consecutive inputs, the range widened to include 0, round half to even, an all-zero group scale 1."""
+    name = "check_group_quantize"
+    rng = np.random.default_rng(1201)
+    cases: list[tuple[str, np.ndarray, int, int]] = []
+    for shape, bits, group in (((4, 32), 4, 8), ((3, 48), 3, 16), ((6, 16), 2, 4), ((2, 64), 4, 64), ((5, 24), 8, 12)):
+        w = rng.standard_normal(shape) * rng.uniform(0.05, 2.0, (shape[0], 1))
+        cases.append((f"w {shape}, {bits} bits, groups of {group}", w, bits, group))
+    w = rng.standard_normal((3, 16))
+    w[0, :8] = 0.0  # an all-zero group
+    w[1, :8] = np.abs(w[1, :8]) + 0.5  # all positive: the range must still include 0
+    w[2, 8:] = -np.abs(w[2, 8:]) - 0.5  # all negative
+    cases.append(("w (3, 16) with an all-zero, an all-positive and an all-negative group of 8, 4 bits", w, 4, 8))
+    ties = np.array([[0.0, 15.0, 2.5, 7.5, 10.5, 1.0, 3.0, 4.0], [-6.5, 8.5, 0.5, -2.5, 1.5, 0.0, 3.0, 2.0]])
+    cases.append(("exact ties (scale 1: codes x.5 and a zero point 6.5), 4 bits, one group of 8", ties, 4, 8))
+    for case, w, bits, group in cases:
+        codes, scales, zeros = _asym_group_reference(w, bits, group)
+        for backend in ("numpy float64", "torch float32"):
+            w_in = w.copy() if backend.startswith("numpy") else torch.tensor(w, dtype=torch.float32)
+            before = w_in.copy() if backend.startswith("numpy") else w_in.clone()
+            label = f"{case} ({backend})"
+            got = _call(name, label, fn, w_in, bits, group)
+            _unchanged(name, label, before, w_in, "`w`")
+            if not isinstance(got, (tuple, list)) or len(got) != 3:
+                fail(name, label, "a triple (codes, scales, zeros)", type(got).__name__, "return codes, scales, zeros")
+            n_groups = w.shape[1] // group
+            g_codes = _llm_array(name, label, got[0], w.shape, "codes")
+            g_scales = _llm_array(name, label, got[1], (w.shape[0], n_groups), "scales (one per row and group)")
+            g_zeros = _llm_array(name, label, got[2], (w.shape[0], n_groups), "zeros (one per row and group)")
+            if not np.all(np.isfinite(g_scales)) or np.any(g_scales <= 0):
+                fail(
+                    name,
+                    label,
+                    "finite positive scales",
+                    f"min {np.nanmin(g_scales):.3g}",
+                    "an all-zero group has max - min = 0: use scale 1 there",
+                )
+            if not np.allclose(g_scales, scales, rtol=1e-5, atol=1e-12):
+                r, c = np.argwhere(~np.isclose(g_scales, scales, rtol=1e-5, atol=1e-12))[0]
+                fail(
+                    name,
+                    f"{label}, row {r}, group {c}",
+                    f"scale {scales[r, c]:.6g}",
+                    f"{g_scales[r, c]:.6g}",
+                    "scale = (max - min) / (2**bits - 1) over the group's own inputs, the range widened to include 0 (min <= 0 <= max)",
+                )
+            if not np.array_equal(g_zeros, zeros):
+                r, c = np.argwhere(g_zeros != zeros)[0]
+                fail(
+                    name,
+                    f"{label}, row {r}, group {c} (min {min(w[r, c * group : (c + 1) * group].min(), 0):.4g})",
+                    f"zero point {zeros[r, c]:.0f}",
+                    f"{g_zeros[r, c]:.4g}",
+                    "zero = round(-min / scale), rounded half to even (np.round / torch.round), a whole number",
+                )
+            if g_codes.min() < 0 or g_codes.max() > 2**bits - 1:
+                fail(
+                    name,
+                    label,
+                    f"codes in 0..{2**bits - 1}",
+                    f"{g_codes.min():.0f}..{g_codes.max():.0f}",
+                    "clamp round(w / scale) + zero to 0..2**bits - 1",
+                )
+            if not np.array_equal(g_codes, codes):
+                ratio = w / np.repeat(scales, group, axis=1)
+                near = np.abs(np.abs(ratio - np.floor(ratio)) - 0.5) < 1e-4
+                exact = np.abs(ratio - np.floor(ratio)) == 0.5
+                wrong = (g_codes != codes) & ~(near & ~exact) if backend.startswith("torch") else g_codes != codes
+                if wrong.any():
+                    r, c = np.argwhere(wrong)[0]
+                    fail(
+                        name,
+                        f"{label}, weight ({r}, {c}) = {w[r, c]:.6g}",
+                        f"code {codes[r, c]:.0f}",
+                        f"{g_codes[r, c]:.4g}",
+                        "code = clamp(round(w / scale) + zero, 0, 2**bits - 1), half to even (2.5 -> 2, 7.5 -> 8), groups along the inputs",
+                    )
+    passed(name, f"{len(cases)} weights x 2 backends: asymmetric groups along the inputs, 2-8 bits, zero / one-signed groups, exact ties")
+
+
+def _gptq_case(rng: np.random.Generator, out: int, cols: int, tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = rng.standard_normal((tokens, cols)) * rng.uniform(0.3, 3.0, cols)
+    x[:, 1:] += 0.6 * x[:, :-1]  # correlated inputs, as in a real layer
+    H = x.T @ x / tokens
+    U = np.linalg.cholesky(np.linalg.inv(H)).T  # upper: U^T U = H^-1
+    return rng.standard_normal((out, cols)), x, U
+
+
+def check_gptq_update(fn: Callable[..., Any]) -> None:
+    """``fn(W, U, j, q)`` -> W after column j is set to q and columns j+1.. absorb its error through row j of the upper
+    Cholesky factor U of H^-1; verified against a direct least-squares solve over the calibration inputs."""
+    name = "check_gptq_update"
+    rng = np.random.default_rng(1202)
+    cases = [(6, 8, 200, 0), (5, 12, 300, 4), (4, 10, 150, 9), (3, 16, 400, 1), (8, 6, 100, 2)]
+    for out, cols, tokens, j in cases:
+        W, x, U = _gptq_case(rng, out, cols, tokens)
+        q = np.round(W[:, j] * 2) / 2  # column j rounded to a grid of 0.5
+        # least squares: the change of columns j+1.. that best cancels (q - w_j) x_j over the tokens
+        rest = x[:, j + 1 :]
+        if rest.shape[1]:
+            target = -np.outer(x[:, j], q - W[:, j])  # (tokens, out)
+            delta, *_ = np.linalg.lstsq(rest, target, rcond=None)
+            expected_rest = W[:, j + 1 :] + delta.T
+        else:
+            expected_rest = W[:, j + 1 :]
+        case = f"W {W.shape}, column j = {j} of {cols}, {tokens} calibration tokens"
+        for backend in ("torch float64", "numpy float64"):
+            label = f"{case} ({backend})"
+            if backend.startswith("torch"):
+                args = [torch.tensor(W), torch.tensor(U), j, torch.tensor(q)]
+                before = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+            else:
+                args = [W.copy(), U.copy(), j, q.copy()]
+                before = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+            got = _call(name, label, fn, *args)
+            for what, b, a in (("`W`", before[0], args[0]), ("`U`", before[1], args[1]), ("`q`", before[3], args[3])):
+                _unchanged(name, label, b, a, what)
+            got = _llm_array(name, label, got, W.shape, "the updated W")
+            if not np.allclose(got[:, :j], W[:, :j], atol=1e-10):
+                fail(
+                    name, label, "columns before j unchanged", "they changed", "only the columns after j move (they are already quantized)"
+                )
+            if not np.allclose(got[:, j], q, atol=1e-10):
+                fail(name, label, "column j equal to q", f"max |column j - q| = {np.abs(got[:, j] - q).max():.3g}", "set W[:, j] = q")
+            if not np.allclose(got[:, j + 1 :], expected_rest, atol=1e-7, rtol=1e-6):
+                error = np.abs(got[:, j + 1 :] - expected_rest).max()
+                fail(
+                    name,
+                    label,
+                    "columns j+1.. equal to the least-squares optimum",
+                    f"max difference {error:.3g}",
+                    "err = (W[:, j] - q) / U[j, j]; W[:, j+1:] -= outer(err, U[j, j+1:]) (row j of the UPPER factor, divided once)",
+                )
+    passed(name, f"{len(cases)} layers, first / middle / last columns, torch and numpy: equal to the least-squares solve")
+
+
+def _awq_reference(w: np.ndarray, x: np.ndarray, bits: int, group: int, alphas: list[float]) -> tuple[float, np.ndarray, list[float]]:
+    from .llm_compression import quantize_rtn
+
+    mean = np.abs(x).mean(axis=0)
+    errors, scales = [], []
+    for a in alphas:
+        s = np.maximum(mean, 1e-8) ** a
+        s = s / np.sqrt(s.max() * s.min())
+        w_hat = quantize_rtn(torch.tensor(w * s), bits, group).numpy() / s
+        errors.append(float(((x @ (w - w_hat).T) ** 2).mean()))
+        scales.append(s)
+    best = int(np.argmin(errors))
+    return alphas[best], scales[best], errors
+
+
+def check_awq_search(fn: Callable[..., tuple]) -> None:
+    """``fn(w, x, bits, group_size, alphas)`` -> (best alpha, s): s = mean_tokens |x|^alpha normalized to max*min = 1, the
+    error of quantize_rtn(w * s) / s on the outputs x w^T; the smallest error wins (the first alpha on ties)."""
+    name = "check_awq_search"
+    rng = np.random.default_rng(1203)
+    alphas = [0.0, 0.25, 0.5, 0.75, 1.0]
+    chosen = set()
+    for out, cols, tokens, bits, group, salient in (
+        (8, 32, 256, 3, 16, 2),
+        (6, 64, 200, 3, 32, 4),
+        (10, 32, 300, 4, 32, 1),
+        (4, 16, 128, 2, 8, 3),
+        (6, 32, 256, 3, 32, 0),
+    ):
+        w = rng.standard_normal((out, cols)) * 0.1
+        x = rng.standard_normal((tokens, cols))
+        idx = rng.choice(cols, salient, replace=False)
+        x[:, idx] *= 25.0  # salient input channels, as AWQ describes
+        best, s, errors = _awq_reference(w, x, bits, group, alphas)
+        chosen.add(best)
+        case = f"w ({out}, {cols}), {salient} salient channels, {bits} bits, groups of {group}"
+        for backend in ("torch float32", "numpy float64"):
+            label = f"{case} ({backend})"
+            args = (
+                [torch.tensor(w, dtype=torch.float32), torch.tensor(x, dtype=torch.float32)]
+                if backend.startswith("torch")
+                else [w.copy(), x.copy()]
+            )
+            before = [a.clone() if isinstance(a, torch.Tensor) else a.copy() for a in args]
+            got = _call(name, label, fn, *args, bits, group, list(alphas))
+            _unchanged(name, label, before[0], args[0], "`w`")
+            _unchanged(name, label, before[1], args[1], "`x`")
+            if not isinstance(got, (tuple, list)) or len(got) != 2:
+                fail(name, label, "a pair (best_alpha, s)", type(got).__name__, "return best_alpha, s")
+            g_alpha = float(got[0])
+            if g_alpha != best:
+                close = (
+                    abs(errors[alphas.index(best)] - errors[alphas.index(g_alpha)]) <= 1e-4 * errors[alphas.index(best)]
+                    if g_alpha in alphas
+                    else False
+                )
+                if not (close and backend.startswith("torch")):
+                    fail(
+                        name,
+                        label,
+                        f"alpha {best} (errors per alpha {np.round(errors, 6).tolist()})",
+                        g_alpha,
+                        "score each alpha by the OUTPUT error mean((x (w - w_hat)^T)^2), w_hat = quantize_rtn(w * s) / s; keep the least",
+                    )
+                continue
+            g_s = _llm_array(name, label, got[1], (cols,), "s (one scale per input channel)")
+            if not np.allclose(g_s, s, rtol=2e-4):
+                fail(
+                    name,
+                    label,
+                    f"s[:4] = {np.round(s[:4], 5).tolist()}",
+                    f"{np.round(g_s[:4], 5).tolist()}",
+                    "s = (mean over tokens of |x|) ** alpha, then divided by sqrt(s.max() * s.min())",
+                )
+    if len(chosen) < 2:  # pragma: no cover - a guard on the check's own cases
+        raise RuntimeError("check_awq_search's cases must not all choose the same alpha")
+    passed(name, f"5 layers with salient channels, torch and numpy: the same alpha (chosen: {sorted(chosen)}) and scales as the reference")
+
+
+def _wanda_reference(w: np.ndarray, x: np.ndarray, sparsity: float) -> np.ndarray:
+    scores = np.abs(w) * np.sqrt((x.astype(np.float64) ** 2).sum(axis=0))
+    k = int(sparsity * w.shape[1])
+    keep = np.ones(w.shape, dtype=bool)
+    order = np.argsort(scores, axis=1, kind="stable")[:, :k]
+    np.put_along_axis(keep, order, False, axis=1)
+    return keep
+
+
+def check_wanda_mask(fn: Callable[..., Any]) -> None:
+    """``fn(w, x, sparsity)`` -> boolean keep-mask (out, in): in every output row, remove the int(sparsity * in) lowest
+    scores |W_ij| * ||X_j||_2 (norm over the calibration tokens); among equal scores the lower input index goes first."""
+    name = "check_wanda_mask"
+    rng = np.random.default_rng(1204)
+    cases = []
+    for out, cols, tokens, sparsity in ((6, 16, 50, 0.5), (4, 20, 30, 0.3), (5, 12, 40, 0.75), (3, 10, 20, 0.0)):
+        w = rng.standard_normal((out, cols))
+        x = rng.standard_normal((tokens, cols)) * rng.uniform(0.1, 5.0, cols)
+        cases.append((f"w ({out}, {cols}), {tokens} tokens, sparsity {sparsity}", w, x, sparsity))
+    w = np.array([[1.0, -1.0, 1.0, 2.0, -2.0, 0.5], [3.0, 3.0, 3.0, 3.0, 3.0, 3.0]])
+    x = np.ones((4, 6))
+    x[:, 5] = 4.0  # channel 5 has norm 8, the others 2
+    cases.append(("ties: equal scores in a row (ties go lowest index first), sparsity 0.5", w, x, 0.5))
+    w = rng.standard_normal((4, 8))
+    x = rng.standard_normal((10, 8))
+    x[:, 2] *= 40.0  # one outlier channel: a per-layer comparison or |W| alone gets this row-wise mask wrong
+    cases.append(("an outlier input channel, sparsity 0.5", w, x, 0.5))
+    for case, w, x, sparsity in cases:
+        keep = _wanda_reference(w, x, sparsity)
+        for backend in ("torch float32", "numpy float64"):
+            label = f"{case} ({backend})"
+            args = (
+                [torch.tensor(w, dtype=torch.float32), torch.tensor(x, dtype=torch.float32)]
+                if backend.startswith("torch")
+                else [w.copy(), x.copy()]
+            )
+            before = [a.clone() if isinstance(a, torch.Tensor) else a.copy() for a in args]
+            got = _call(name, label, fn, args[0], args[1], sparsity)
+            _unchanged(name, label, before[0], args[0], "`w`")
+            _unchanged(name, label, before[1], args[1], "`x`")
+            got = _llm_array(name, label, got, w.shape, "the keep-mask")
+            if got.dtype != np.bool_:
+                fail(name, label, "a boolean mask (True = keep)", f"dtype {got.dtype}", "return a comparison or .bool()")
+            removed = (~got).sum(axis=1)
+            if not np.all(removed == int(sparsity * w.shape[1])):
+                fail(
+                    name,
+                    label,
+                    f"{int(sparsity * w.shape[1])} weights removed in EVERY row",
+                    f"per row: {removed.tolist()}",
+                    "Wanda compares scores within each output row: k = int(sparsity * in) per row, not over the whole matrix",
+                )
+            if not np.array_equal(got, keep):
+                r = int(np.argwhere((got != keep).any(axis=1))[0][0])
+                fail(
+                    name,
+                    f"{label}, row {r}",
+                    f"keep {keep[r].astype(int).tolist()}",
+                    f"{got[r].astype(int).tolist()}",
+                    "score = |W_ij| * sqrt(sum over tokens of x_tj^2) (the L2 norm of input channel j); remove the lowest, stable on ties",
+                )
+    passed(name, f"{len(cases)} layers x 2 backends: per-row masks, L2 norms over the tokens, an outlier channel, ties, sparsity 0")
