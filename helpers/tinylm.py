@@ -187,26 +187,30 @@ def random_batch(ids: torch.Tensor, batch_size: int, context: int, generator: to
     return window[:, :-1], window[:, 1:]
 
 
-def windows(ids: torch.Tensor, context: int, max_chars: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def windows(ids: torch.Tensor, context: int, max_chars: int | None = None, every: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-overlapping evaluation windows of the first ``max_chars`` ids: inputs and targets, each
-    (n_windows, context); every character after the first of a window is predicted once."""
+    (n_windows, context); every character after the first of a window is predicted once.
+    ``every=k`` keeps windows 0, k, 2k, ... of them: a subset spread over the whole of ``ids``."""
     if max_chars is not None:
         if not isinstance(max_chars, int) or max_chars < context + 1:
             raise ValueError(f"max_chars must be an int > context ({context}), got {max_chars!r}")
         ids = ids[:max_chars]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an int >= 1, got {every!r}")
     n = (len(ids) - 1) // context
     if n < 1:
         raise ValueError(f"ids has {len(ids)} tokens, need at least context + 1 = {context + 1}")
     x = ids[: n * context].view(n, context)
     y = ids[1 : n * context + 1].view(n, context)
-    return x, y
+    return x[::every], y[::every]
 
 
 @torch.no_grad()
-def lm_nll(model: nn.Module, ids: torch.Tensor, max_chars: int | None = None, batch_size: int = 256) -> float:
-    """Mean next-character cross-entropy (nats) of ``model`` over non-overlapping windows of ``ids``."""
+def lm_nll(model: nn.Module, ids: torch.Tensor, max_chars: int | None = None, batch_size: int = 256, every: int = 1) -> float:
+    """Mean next-character cross-entropy (nats) of ``model`` over non-overlapping windows of ``ids``
+    (with ``every=k``, over every k-th window: see ``windows``)."""
     context = model.context
-    x, y = windows(ids, context, max_chars)
+    x, y = windows(ids, context, max_chars, every)
     was_training = model.training
     model.eval()
     total = 0.0
@@ -217,9 +221,9 @@ def lm_nll(model: nn.Module, ids: torch.Tensor, max_chars: int | None = None, ba
     return total / y.numel()
 
 
-def perplexity(model: nn.Module, ids: torch.Tensor, max_chars: int | None = None) -> float:
-    """``exp(mean nll)``: the effective number of equally likely next characters."""
-    return math.exp(lm_nll(model, ids, max_chars))
+def perplexity(model: nn.Module, ids: torch.Tensor, max_chars: int | None = None, every: int = 1) -> float:
+    """``exp(mean nll)``: the effective number of equally likely next characters (arguments as ``lm_nll``)."""
+    return math.exp(lm_nll(model, ids, max_chars, every=every))
 
 
 def bits_per_char(nll_nats: float) -> float:
@@ -298,7 +302,7 @@ def build_lm(name: str = "tinylm") -> TinyLM:
 def pretrained_lm(name: str = "tinylm", cache: Path | None = None, verbose: bool = True) -> TinyLM:
     """The tiny LM trained with its fixed recipe on the train split, in eval mode on the CPU.
 
-    The first call trains it (about 30 s at one thread on a laptop CPU) inside a forked RNG and caches
+    The first call trains it (400 steps, about 20 s at one thread on a quiet CPU) inside a forked RNG and caches
     the state_dict under the cache folder; later calls load it with ``torch.load(..., weights_only=True)``.
     """
     if name not in LM_RECIPES:

@@ -73,6 +73,11 @@ def test_windows_and_metrics_agree_with_a_manual_loop() -> None:
     assert x.shape == y.shape == (6, 8) and torch.equal(y[:, :-1], x[:, 1:])
     with pytest.raises(ValueError, match="max_chars"):
         T.windows(ids, 8, max_chars=5)
+    x2, y2 = T.windows(ids, 8, every=2)
+    assert torch.equal(x2, x[::2]) and torch.equal(y2, y[::2]) and len(x2) == 3
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="every"):
+            T.windows(ids, 8, every=bad)
     torch.manual_seed(1)
     model = T.TinyLM(65, 16, 1, 2, 8).eval()
     with torch.no_grad():
@@ -80,6 +85,8 @@ def test_windows_and_metrics_agree_with_a_manual_loop() -> None:
     nll = T.lm_nll(model, ids)
     assert nll == pytest.approx(manual, rel=1e-5)
     assert T.perplexity(model, ids) == pytest.approx(math.exp(nll), rel=1e-9)
+    manual_every = sum(torch.nn.functional.cross_entropy(model(x[i : i + 1])[0], y[i], reduction="sum").item() for i in (0, 3)) / 16
+    assert T.lm_nll(model, ids, every=3) == pytest.approx(manual_every, rel=1e-5)
     assert T.bits_per_char(math.log(2)) == pytest.approx(1.0)
     assert nll == pytest.approx(math.log(65), abs=0.3)  # an untrained model is near uniform
 
