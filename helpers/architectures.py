@@ -386,6 +386,24 @@ def int8_weight_bytes(model: nn.Module, per_channel: bool = True) -> bytes:
 
 
 @torch.no_grad()
+def fp32_weight_bytes(model: nn.Module) -> bytes:
+    """The float32 weights and biases of every Conv2d / Linear of ``model`` in the same ``np.savez`` container
+    as :func:`int8_weight_bytes` (same array names, no scales): the fair float reference for its size, so that
+    a size ratio between the two measures int8 alone, not a change of file format or of what is stored."""
+    layers = _weight_layers(model)
+    if not layers:
+        raise ValueError("model has no Conv2d or Linear layer")
+    arrays: dict[str, np.ndarray] = {}
+    for name, layer in layers:
+        arrays[f"{name}.float"] = layer.weight.detach().cpu().numpy().astype(np.float32)
+        if layer.bias is not None:
+            arrays[f"{name}.bias"] = layer.bias.detach().cpu().numpy().astype(np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@torch.no_grad()
 def load_int8_weights(model: nn.Module, data: bytes) -> nn.Module:
     """A copy of ``model`` whose Conv2d / Linear weights (and biases) are the dequantized contents of ``data``
     (written by :func:`int8_weight_bytes` from a model of the same structure)."""
@@ -418,6 +436,7 @@ __all__ = [
     "channel_shuffle",
     "conv2d_macs",
     "conv_output_size",
+    "fp32_weight_bytes",
     "depthwise_conv2d",
     "fold_batchnorm",
     "grouped_conv2d",

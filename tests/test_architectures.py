@@ -116,6 +116,23 @@ def test_fold_batchnorm_keeps_outputs_and_int8_roundtrip() -> None:
     assert len(A.int8_weight_bytes(folded, per_channel=False)) < len(blob)
 
 
+def test_fp32_weight_bytes_is_the_same_container_in_float32() -> None:
+    import io
+
+    folded = A.fold_batchnorm(A.MobileNetMNIST().eval())
+    blob = A.fp32_weight_bytes(folded)
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        layers = [(n, m) for n, m in folded.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        for name, layer in layers:
+            assert archive[f"{name}.float"].dtype == np.float32
+            np.testing.assert_array_equal(archive[f"{name}.float"], layer.weight.detach().numpy())
+            np.testing.assert_array_equal(archive[f"{name}.bias"], layer.bias.detach().numpy())
+        assert len(archive.files) == 2 * len(layers)
+    weights = sum(m.weight.numel() for _, m in layers)
+    int8 = A.int8_weight_bytes(folded)
+    assert len(blob) > 4 * weights and 0 < len(blob) - len(int8) < 3 * weights  # int8 saves < 3 bytes per weight (its scales cost some)
+
+
 def test_load_int8_rejects_a_foreign_file() -> None:
     blob = A.int8_weight_bytes(A.fold_batchnorm(A.ShuffleNetMNIST(2)))
     with pytest.raises(ValueError, match="layer"):
@@ -147,6 +164,7 @@ def test_load_int8_rejects_a_foreign_file() -> None:
         (lambda: A.scaled(16, 0), ValueError, "width"),
         (lambda: A.fold_batchnorm("net"), TypeError, "model"),
         (lambda: A.int8_weight_bytes(nn.ReLU()), ValueError, "no Conv2d"),
+        (lambda: A.fp32_weight_bytes(nn.ReLU()), ValueError, "no Conv2d"),
         (lambda: A.int8_weight_bytes(A.MobileNetMNIST(), per_channel=1), TypeError, "per_channel"),
     ],
 )
