@@ -381,7 +381,9 @@ def activation_bytes(model: nn.Module, batch: int = 1, bytes_per_value: int = 4)
     intermediate output, and the sum of every leaf module's output, each at ``bytes_per_value``
     bytes per value (4 for fp32, 1 for int8). A runtime that frees nothing needs ``input + all``; one
     that reuses buffers needs at least ``input + largest`` (the input and output of one layer are
-    alive together). Measured with forward hooks on the PyTorch model, not inside the runtime.
+    alive together). Measured with forward hooks on the PyTorch model, not inside the runtime; an
+    ``nn.Identity`` (e.g. a folded BatchNorm) is skipped, as its output is its input, and operations
+    outside modules (``torch.cat``, ``x.mean()``) are not seen.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -389,7 +391,8 @@ def activation_bytes(model: nn.Module, batch: int = 1, bytes_per_value: int = 4)
     if bytes_per_value not in (1, 2, 4):
         raise ValueError(f"bytes_per_value must be 1, 2 or 4, got {bytes_per_value!r}")
     sizes: list[int] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel())) for m in model.modules() if not list(m.children())]
+    leaves = [m for m in model.modules() if not list(m.children()) and not isinstance(m, nn.Identity)]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel())) for m in leaves]
     try:
         with torch.inference_mode():
             model.eval()(torch.zeros(batch, 1, 28, 28))
@@ -536,6 +539,79 @@ def lowrank_lenet300() -> nn.Module:
     return _cached("lowrank-lenet300", recipe, skeleton, fit)
 
 
+def compact_mobilenet() -> nn.Module:
+    """Chapter 09's compact net: ``MobileNetMNIST(width=1.0)``, the more accurate of the chapter's two on validation,
+    trained by the fixed recipe ``RECIPES["mobilenet"]``, with every BatchNorm folded into the conv before it.
+
+    Folding (:func:`helpers.architectures.fold_batchnorm`) is what a deployment does anyway: inference uses the running
+    statistics, so each BatchNorm is a per-channel scale and shift that the conv can absorb; the outputs are unchanged up
+    to float rounding, and every runtime gets a model of plain convolutions (no batch-norm operators to export, fuse or
+    quantize).
+    """
+    from .architectures import fold_batchnorm
+    from .train import pretrained
+
+    return fold_batchnorm(pretrained("mobilenet", progress=False))
+
+
+DEEP_COMPRESSION = {
+    "sparsity": 0.92,
+    "caps": {"fc3": 0.7},
+    "steps": (0.5, 0.75, 0.88),
+    "epochs": 2,
+    "final_epochs": 6,
+    "lr": 0.02,
+    "bits": 5,
+}
+"""Chapter 06's Deep Compression recipe for LeNet-300-100, with the sparsity and bit width it chose on validation."""
+
+
+def deep_compressed_lenet300() -> nn.Module:
+    """Chapter 06's Deep Compression LeNet-300-100, its layers :class:`helpers.encoding.SharedLayer` s.
+
+    Magnitude pruning in steps (50, 75, 88 %, then 92 %; fc3 at most 70 %) with 2 epochs of SGD (lr 0.02) after each
+    step and 6 (cosine) after the last, then per-layer 5-bit k-means sharing (31 centroids + the zero, linear start)
+    with the centroids fine-tuned 2 epochs (lr 1e-4): the recipe and choice of chapter 06's lecture, seed 0. Write its
+    file with ``helpers.encoding.save_model(model, path, "lenet300")`` (Huffman-coded codes and relative indices);
+    ``helpers.encoding.load_model`` decodes the file into a plain float LeNet-300-100.
+    """
+    from . import encoding as E
+    from . import pruning as P
+    from .data import make_loaders
+    from .models import LeNet300
+    from .train import pretrained, train
+
+    recipe = DEEP_COMPRESSION
+    base = pretrained("lenet300", progress=False)
+
+    def fit(model: nn.Module) -> None:
+        pruned = copy.deepcopy(base)
+        torch.manual_seed(0)
+        loader = make_loaders(batch_size=64, seed=0)[0]
+        for sparsity in [s for s in recipe["steps"] if s < recipe["sparsity"]] + [recipe["sparsity"]]:
+            masks = {
+                n: P.magnitude_mask(w.detach(), min(sparsity, recipe["caps"].get(n, 1.0))) for n, w in P.prunable_weights(pruned).items()
+            }
+            P.apply_masks(pruned, masks)
+            last = sparsity == recipe["sparsity"]
+            optimizer = torch.optim.SGD(pruned.parameters(), lr=recipe["lr"], momentum=0.9)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe["final_epochs"]) if last else None
+            epochs = recipe["final_epochs"] if last else recipe["epochs"]
+            train(pruned, loader, epochs, optimizer=optimizer, on_step=P.keep_masks(masks), progress=False, scheduler=schedule)
+        shared = E.share_model(pruned, recipe["bits"], init="linear")
+        torch.manual_seed(0)
+        optimizer = torch.optim.SGD(shared.parameters(), lr=1e-4, momentum=0.9)
+        train(shared, make_loaders(batch_size=64, seed=0)[0], 2, optimizer=optimizer, progress=False)
+        model.load_state_dict(shared.state_dict())
+
+    def skeleton() -> nn.Module:
+        return E.share_model(LeNet300(), recipe["bits"], init="linear", iters=1)  # the structure only; fit / the cache fill it
+
+    return _cached(
+        "deep-compression-lenet300", {**recipe, "base": "lenet300", "seed": 0, "share_epochs": 2, "share_lr": 1e-4}, skeleton, fit
+    )
+
+
 def dense_lenet5() -> nn.Module:
     """The course's LeNet-5 baseline (chapter 00), the reference for the compressed ones."""
     from .train import pretrained
@@ -569,6 +645,7 @@ COURSE_MODELS: dict[str, CourseModel] = {
     "pruned LeNet-5": CourseModel("02", "filter pruning, fine-tuned", pruned_lenet5),
     "distilled CNN": CourseModel("07", "response distillation from LeNet-5", distilled_cnn),
     "low-rank LeNet-300-100": CourseModel("08", "truncated SVD of fc1, fc2, fine-tuned", lowrank_lenet300),
+    "compact MobileNet": CourseModel("09", "depthwise-separable convs, BN folded", compact_mobilenet),
 }
 """name -> :class:`CourseModel`. A chapter adds its best model with one entry (a builder returning a float module)."""
 
@@ -582,12 +659,15 @@ def pytorch_bytes(model: nn.Module) -> int:
 
 __all__ = [
     "COURSE_MODELS",
+    "DEEP_COMPRESSION",
     "RUNTIMES",
     "Budget",
     "CourseModel",
     "Deployed",
     "activation_bytes",
     "agreement",
+    "compact_mobilenet",
+    "deep_compressed_lenet300",
     "export_onnx",
     "export_pte",
     "load",

@@ -124,11 +124,16 @@ def pareto_plot(
     ax: Axes | None = None,
     title: str = "Accuracy vs size on disk",
     front: bool = True,
+    others: Sequence[Mapping] = (),
+    others_label: str | None = None,
 ) -> Axes:
     """Accuracy (%) against bytes on disk (log x) for rows with ``name``, ``accuracy`` (0..1), ``bytes``.
 
     Rows may be the dicts of :func:`helpers.metrics.scorecard`. Each chapter adds its points; the
     dashed line joins the Pareto front (the best accuracy reachable at each size).
+    ``others``: more rows (``accuracy``, ``bytes``) drawn as small grey points without labels (e.g. everything
+    not on a front); the labels of ``rows`` keep clear of them, and the y range includes them. ``others_label``
+    names them in the legend.
     """
     if not rows:
         raise ValueError("rows is empty")
@@ -136,15 +141,22 @@ def pareto_plot(
         missing = {"name", "accuracy", "bytes"} - set(row)
         if missing:
             raise ValueError(f"each row needs name, accuracy and bytes; {row!r} lacks {sorted(missing)}")
+    for row in others:
+        if not isinstance(row, Mapping) or {"accuracy", "bytes"} - set(row):
+            raise ValueError(f"each row of others needs accuracy and bytes; got {row!r}")
     ax = _axes(ax)
+    if others:
+        grey = ([r["bytes"] for r in others], [100 * r["accuracy"] for r in others])
+        ax.scatter(*grey, color="lightgrey", s=30, zorder=2, label=others_label)
     for row in rows:
         ax.scatter(row["bytes"], 100 * row["accuracy"], s=40, zorder=3)
     best = pareto_front(rows) if front else []
     if len(best) > 1:  # one point alone dominates the rest: no line to draw, so no legend entry for one
         ax.plot([r["bytes"] for r in best], [100 * r["accuracy"] for r in best], "k--", alpha=0.5, label="Pareto front")
+    if len(best) > 1 or (others and others_label):
         ax.legend(loc="lower right")
     ax.set_xscale("log")
-    accuracies = [100 * row["accuracy"] for row in rows]
+    accuracies = [100 * row["accuracy"] for row in [*rows, *others]]
     low, high = min(accuracies), max(accuracies)
     if high - low < 4.0:  # do not magnify differences of a few tenths of a point into a cliff
         middle = (high + low) / 2
@@ -155,7 +167,8 @@ def pareto_plot(
     ax.margins(x=0.08)
     _byte_ticks(ax)
     segments = [((a["bytes"], 100 * a["accuracy"]), (b["bytes"], 100 * b["accuracy"])) for a, b in zip(best, best[1:])]
-    _place_labels(ax, [(row["bytes"], 100 * row["accuracy"], str(row["name"])) for row in rows], segments)
+    obstacles = [(row["bytes"], 100 * row["accuracy"]) for row in others]
+    _place_labels(ax, [(row["bytes"], 100 * row["accuracy"], str(row["name"])) for row in rows], segments, obstacles)
     return ax
 
 
@@ -208,13 +221,17 @@ def _segment_hits_box(p: np.ndarray, q: np.ndarray, box) -> bool:  # noqa: ANN00
 
 
 def _place_labels(
-    ax: Axes, points: Sequence[tuple[float, float, str]], segments: Sequence[tuple[tuple[float, float], tuple[float, float]]] = ()
+    ax: Axes,
+    points: Sequence[tuple[float, float, str]],
+    segments: Sequence[tuple[tuple[float, float], tuple[float, float]]] = (),
+    obstacles: Sequence[tuple[float, float]] = (),
 ) -> None:
     """Annotate each (x, y, text) point beside its marker.
 
     Each label tries the positions around its marker (right, left, above, below, the diagonals, then the same a little
-    further out) and takes the first that overlaps no marker, no earlier label and no segment of the front line, and stays
-    inside the axes; when none is free it takes the one with the fewest collisions, so it never drifts away from its point.
+    further out) and takes the first that overlaps no marker (of ``points`` or of the unlabelled ``obstacles``), no
+    earlier label and no segment of the front line, and stays inside the axes; when none is free it takes the one with
+    the fewest collisions, so it never drifts away from its point.
     """
     figure = ax.figure
     renderer = figure.canvas.get_renderer() if hasattr(figure.canvas, "get_renderer") else figure._get_renderer()
@@ -222,7 +239,7 @@ def _place_labels(
     from matplotlib.transforms import Bbox
 
     placed: list = []  # the markers first, so that labels avoid them too
-    for x, y, _ in points:
+    for x, y in [(x, y) for x, y, _ in points] + list(obstacles):
         px, py = ax.transData.transform((x, y))
         placed.append(Bbox.from_extents(px - 5, py - 5, px + 5, py + 5))
     lines = [(ax.transData.transform(a), ax.transData.transform(b)) for a, b in segments]

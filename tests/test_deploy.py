@@ -78,6 +78,17 @@ def test_activation_bytes_matches_a_hand_count_for_lenet5() -> None:
     assert DP.activation_bytes(LeNet300(), batch=1, bytes_per_value=1)["all"] == 300 + 100 + 10
 
 
+def test_activation_bytes_skips_identity_so_a_folded_batchnorm_is_not_counted_twice() -> None:
+    from helpers.architectures import fold_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    per_layer = 4 * 26 * 26
+    assert DP.activation_bytes(model, bytes_per_value=1)["all"] == 3 * per_layer  # conv, batch norm, relu: three tensors
+    folded = fold_batchnorm(model)
+    assert isinstance(folded[1], torch.nn.Identity)
+    assert DP.activation_bytes(folded, bytes_per_value=1)["all"] == 2 * per_layer  # the Identity hands its input on
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error"), [({"batch": 0}, ValueError), ({"bytes_per_value": 3}, ValueError), ({"batch": True}, ValueError)]
 )
@@ -210,6 +221,53 @@ def test_course_models_are_builders_with_a_chapter() -> None:
     assert {"dense LeNet-5", "pruned LeNet-5", "distilled CNN", "low-rank LeNet-300-100"} <= set(DP.COURSE_MODELS)
     for entry in DP.COURSE_MODELS.values():
         assert isinstance(entry, DP.CourseModel) and callable(entry.build) and re.fullmatch(r"\d\d", entry.chapter)
+
+
+def test_compact_mobilenet_is_chapter_09s_net_with_batchnorm_folded(monkeypatch, tmp_path, images) -> None:
+    from helpers import train
+    from helpers.architectures import MobileNetMNIST
+
+    torch.manual_seed(0)
+    trained = MobileNetMNIST(width=1.0)
+    with torch.no_grad():  # batch-norm statistics that are not the identity, so a missed fold would show
+        for m in trained.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
+    trained.eval()
+    monkeypatch.setattr(train, "pretrained", lambda name, progress=True: trained if name == "mobilenet" else None)
+    model = DP.compact_mobilenet()
+    assert DP.COURSE_MODELS["compact MobileNet"].chapter == "09" and DP.COURSE_MODELS["compact MobileNet"].build is DP.compact_mobilenet
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    with torch.inference_mode():
+        reference, logits = trained(torch.from_numpy(images)), model(torch.from_numpy(images))
+    assert torch.allclose(logits, reference, atol=1e-4), (logits - reference).abs().max()
+    deployed = DP.load("ort-fp32", DP.export_onnx(model, tmp_path / "m.onnx"))
+    assert np.allclose(DP.predict(deployed, images), reference.numpy(), atol=1e-4)
+
+
+def test_deep_compressed_lenet300_follows_chapter_06s_recipe_and_round_trips_its_file(monkeypatch, tmp_cache, tmp_path) -> None:
+    from helpers import encoding as E
+    from helpers import train
+
+    torch.manual_seed(0)
+    dense = LeNet300().eval()
+    monkeypatch.setattr(train, "pretrained", lambda name, progress=True: dense if name == "lenet300" else None)
+    epochs = []
+    monkeypatch.setattr(train, "train", lambda model, loader, n, **kwargs: epochs.append(n))  # no training: the structure only
+    model = DP.deep_compressed_lenet300()
+    assert epochs == [2, 2, 2, 6, 2], epochs  # three pruning steps, the last one, the centroids
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, E.SharedLayer)}
+    assert sorted(layers) == ["fc1", "fc2", "fc3"] and all(m.centroids.numel() == 31 for m in layers.values())
+    kept = {name: float(m.mask.float().mean()) for name, m in layers.items()}
+    assert abs(kept["fc1"] - 0.08) < 0.005 and abs(kept["fc2"] - 0.08) < 0.005 and abs(kept["fc3"] - 0.30) < 0.01, kept
+    path = tmp_path / "m.dcmp"
+    assert E.save_model(model, str(path), "lenet300") == os.path.getsize(path) < 0.05 * DP.pytorch_bytes(dense)
+    images = torch.rand(8, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.allclose(E.load_model(str(path))(images), model(images), atol=1e-5)
+    cached = DP.deep_compressed_lenet300()  # the second call reads the cache: no training
+    assert epochs == [2, 2, 2, 6, 2] and all(torch.equal(a, b) for a, b in zip(cached.state_dict().values(), model.state_dict().values()))
 
 
 def test_executorch_is_pinned_and_installed_without_its_dependencies() -> None:

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from matplotlib.transforms import Bbox
 
 import helpers
 from helpers import plotting
@@ -71,6 +72,24 @@ def test_pareto_front_and_plot() -> None:
         plotting.pareto_plot([{"name": "x", "accuracy": 0.5}])
     with pytest.raises(ValueError, match="empty"):
         plotting.pareto_plot([])
+
+
+def test_pareto_plot_others_are_grey_unlabelled_in_range_and_avoided_by_labels() -> None:
+    front = [{"name": "small int8", "accuracy": 0.960, "bytes": 13_000}, {"name": "compact int8", "accuracy": 0.976, "bytes": 26_000}]
+    others = [{"accuracy": 0.976, "bytes": b} for b in (28_000, 38_000, 43_000)] + [{"accuracy": 0.940, "bytes": 165_000}]
+    ax = plotting.pareto_plot(front, others=others, others_label="not on the front")
+    assert ax.get_ylim()[0] < 94.0 < 97.6 < ax.get_ylim()[1]  # the lowest grey point is inside the axes
+    assert len(ax.texts) == len(front)  # only the rows are labelled
+    assert "not on the front" in [t.get_text() for t in ax.get_legend().get_texts()]
+    renderer = ax.figure.canvas.get_renderer()
+    for text in ax.texts:
+        box = text.get_window_extent(renderer)
+        for r in others:
+            px, py = ax.transData.transform((r["bytes"], 100 * r["accuracy"]))
+            assert not box.overlaps(Bbox.from_extents(px - 4, py - 4, px + 4, py + 4)), f"label {text.get_text()!r} covers a grey point"
+    plt.close("all")
+    with pytest.raises(ValueError, match="others"):
+        plotting.pareto_plot(front, others=[{"bytes": 10}])
 
 
 def test_prediction_explorer_draws_and_builds() -> None:
