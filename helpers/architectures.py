@@ -380,6 +380,11 @@ def int8_weight_bytes(model: nn.Module, per_channel: bool = True) -> bytes:
         arrays[f"{name}.scales"] = scales if per_channel else scales[:1]
         if layer.bias is not None:
             arrays[f"{name}.bias"] = layer.bias.detach().cpu().numpy().astype(np.float32)
+    return _savez_bytes(arrays)
+
+
+def _savez_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """The bytes of an ``np.savez`` file holding ``arrays`` (what would be written to disk)."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -398,9 +403,7 @@ def fp32_weight_bytes(model: nn.Module) -> bytes:
         arrays[f"{name}.float"] = layer.weight.detach().cpu().numpy().astype(np.float32)
         if layer.bias is not None:
             arrays[f"{name}.bias"] = layer.bias.detach().cpu().numpy().astype(np.float32)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    return _savez_bytes(arrays)
 
 
 @torch.no_grad()

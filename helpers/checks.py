@@ -4436,6 +4436,14 @@ def check_meets_budget(fn: Callable[[list[dict], float, float, float], list[bool
 # ----------------------------------------------------------------------------- chapter 12: transformer compression
 
 
+def _as_backends(*arrays: np.ndarray):
+    """Yield (backend label, inputs, untouched copies) for the same float64 ``arrays`` given to the learner
+    as torch float32 tensors and as numpy float64 arrays (the inputs are the learner's own, checked afterwards)."""
+    for backend in ("torch float32", "numpy float64"):
+        args = [torch.tensor(a, dtype=torch.float32) if backend.startswith("torch") else a.copy() for a in arrays]
+        yield backend, args, [a.clone() if isinstance(a, torch.Tensor) else a.copy() for a in args]
+
+
 def _llm_array(check: str, case: str, value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
     """A learner's tensor or array as float64 numpy, with its shape checked."""
     __tracebackhide__ = True
@@ -4478,9 +4486,7 @@ def check_group_quantize(fn: Callable[..., tuple]) -> None:
     cases.append(("exact ties (scale 1: codes x.5 and a zero point 6.5), 4 bits, one group of 8", ties, 4, 8))
     for case, w, bits, group in cases:
         codes, scales, zeros = _asym_group_reference(w, bits, group)
-        for backend in ("numpy float64", "torch float32"):
-            w_in = w.copy() if backend.startswith("numpy") else torch.tensor(w, dtype=torch.float32)
-            before = w_in.copy() if backend.startswith("numpy") else w_in.clone()
+        for backend, (w_in,), (before,) in _as_backends(w):
             label = f"{case} ({backend})"
             got = _call(name, label, fn, w_in, bits, group)
             _unchanged(name, label, before, w_in, "`w`")
@@ -4633,14 +4639,8 @@ def check_awq_search(fn: Callable[..., tuple]) -> None:
         best, s, errors = _awq_reference(w, x, bits, group, alphas)
         chosen.add(best)
         case = f"w ({out}, {cols}), {salient} salient channels, {bits} bits, groups of {group}"
-        for backend in ("torch float32", "numpy float64"):
+        for backend, args, before in _as_backends(w, x):
             label = f"{case} ({backend})"
-            args = (
-                [torch.tensor(w, dtype=torch.float32), torch.tensor(x, dtype=torch.float32)]
-                if backend.startswith("torch")
-                else [w.copy(), x.copy()]
-            )
-            before = [a.clone() if isinstance(a, torch.Tensor) else a.copy() for a in args]
             got = _call(name, label, fn, *args, bits, group, list(alphas))
             _unchanged(name, label, before[0], args[0], "`w`")
             _unchanged(name, label, before[1], args[1], "`x`")
@@ -4705,14 +4705,8 @@ def check_wanda_mask(fn: Callable[..., Any]) -> None:
     cases.append(("an outlier input channel, sparsity 0.5", w, x, 0.5))
     for case, w, x, sparsity in cases:
         keep = _wanda_reference(w, x, sparsity)
-        for backend in ("torch float32", "numpy float64"):
+        for backend, args, before in _as_backends(w, x):
             label = f"{case} ({backend})"
-            args = (
-                [torch.tensor(w, dtype=torch.float32), torch.tensor(x, dtype=torch.float32)]
-                if backend.startswith("torch")
-                else [w.copy(), x.copy()]
-            )
-            before = [a.clone() if isinstance(a, torch.Tensor) else a.copy() for a in args]
             got = _call(name, label, fn, args[0], args[1], sparsity)
             _unchanged(name, label, before[0], args[0], "`w`")
             _unchanged(name, label, before[1], args[1], "`x`")
